@@ -1,0 +1,1 @@
+//! The route model: Gateway API objects compiled into one immutable snapshot plus statuses.
