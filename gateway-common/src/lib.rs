@@ -1,1 +1,27 @@
+//! Types shared by nodegate's kernel programs (`gateway-ebpf`) and its agent (`gateway-agent`).
+//!
+//! Every map key and value is `#[repr(C)]`, has no implicit padding (explicit `_pad` fields) and is
+//! plain old data, so the kernel and userspace agree byte for byte and BTF describes every field.
+//! The `user` feature adds `aya::Pod` impls for the agent.
 #![no_std]
+
+pub mod counters;
+pub mod listener;
+
+/// Names under which the agent pins each map below `--bpffs`, and the symbols in the object file.
+pub mod map_names {
+    /// [`crate::listener::ListenerKey`] → [`crate::listener::ListenerValue`].
+    pub const LISTENERS: &str = "LISTENERS";
+    /// Per-CPU [`crate::counters::TrafficCounters`] indexed by listener id.
+    pub const LISTENER_STATS: &str = "LISTENER_STATS";
+    /// Per-CPU [`crate::counters::TrafficCounters`] indexed by [`crate::counters::DropReason`].
+    pub const DROP_STATS: &str = "DROP_STATS";
+}
+
+/// Names of the programs in the object file.
+pub mod program_names {
+    /// The XDP entry point (native or generic mode).
+    pub const XDP: &str = "nodegate_xdp";
+    /// The TC clsact ingress entry point (`--attach tc`).
+    pub const TC_INGRESS: &str = "nodegate_tc_ingress";
+}

@@ -1,0 +1,93 @@
+//! The command line: `gateway-agent run …` and `gateway-agent check …`.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// nodegate: a Gateway API implementation, one agent per node; L4 in XDP/TC, L7 in a hyper proxy.
+#[derive(Debug, Parser)]
+#[command(name = "gateway-agent", version, about)]
+pub struct Cli {
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `gateway_agent=debug`.
+    #[arg(long, env = "NODEGATE_LOG", default_value = "info", global = true)]
+    pub log: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// What the agent does.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent: load the data plane and serve the Gateways of our class.
+    Run(RunArgs),
+    /// Compile a directory of Gateway API YAML and print every object's status.
+    Check(CheckArgs),
+}
+
+/// Where the objects come from.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct SourceArgs {
+    /// Standalone mode: every *.yaml / *.yml under DIR (multi-document), re-read on change.
+    #[arg(long, value_name = "DIR")]
+    pub config_dir: Option<PathBuf>,
+    /// Cluster mode: watch the Kubernetes API (in-cluster config or kubeconfig).
+    #[arg(long)]
+    pub kube: bool,
+}
+
+/// How the XDP/TC programs are attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AttachMode {
+    /// Native (driver) XDP; falls back to generic XDP with a warning where the driver lacks it.
+    Xdp,
+    /// Generic (skb) XDP.
+    XdpGeneric,
+    /// TC clsact ingress.
+    Tc,
+}
+
+/// `gateway-agent run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Interface to attach the L4 programs to (repeatable).
+    #[arg(long = "interface", value_name = "IFACE")]
+    pub interfaces: Vec<String>,
+    /// How to attach the programs.
+    #[arg(long, value_enum, default_value = "xdp")]
+    pub attach: AttachMode,
+    /// bpffs directory where maps are pinned (a bpffs is mounted there if none is).
+    #[arg(long, default_value = "/sys/fs/bpf/nodegate")]
+    pub bpffs: PathBuf,
+    /// Address of the admin endpoint (/healthz, /readyz, /metrics, /debug/*).
+    #[arg(long, default_value = "127.0.0.1:9901")]
+    pub admin_address: SocketAddr,
+    /// Address listeners bind to when their Gateway has no spec.addresses.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub bind_address: std::net::IpAddr,
+}
+
+/// Output format of `check`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// A YAML list.
+    Yaml,
+    /// A JSON array.
+    Json,
+}
+
+/// `gateway-agent check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Directory of Gateway API YAML (as for `run --config-dir`).
+    #[arg(long, value_name = "DIR")]
+    pub config_dir: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "yaml")]
+    pub output: OutputFormat,
+    /// Address listeners bind to when their Gateway has no spec.addresses.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub bind_address: std::net::IpAddr,
+}

@@ -1,0 +1,140 @@
+//! Attaching the XDP or TC program to interfaces, with native XDP falling back to generic XDP.
+
+use std::fmt;
+
+use anyhow::Context as _;
+use aya::{
+    Ebpf,
+    programs::{
+        SchedClassifier, TcAttachType, Xdp, XdpMode, tc, tc::SchedClassifierLinkId, xdp::XdpLinkId,
+    },
+};
+use gateway_common::program_names;
+
+use crate::cli::AttachMode;
+
+/// The mode a program ended up attached in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttachedMode {
+    /// Native (driver) XDP.
+    XdpDriver,
+    /// Generic (skb) XDP.
+    XdpGeneric,
+    /// TC clsact ingress.
+    TcIngress,
+}
+
+impl fmt::Display for AttachedMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AttachedMode::XdpDriver => "xdp",
+            AttachedMode::XdpGeneric => "xdp-generic",
+            AttachedMode::TcIngress => "tc",
+        })
+    }
+}
+
+enum LinkId {
+    Xdp(XdpLinkId),
+    Tc(SchedClassifierLinkId),
+}
+
+/// One program attached to one interface.
+pub struct Attachment {
+    /// Interface name.
+    pub interface: String,
+    /// How it is attached.
+    pub mode: AttachedMode,
+    link: LinkId,
+}
+
+impl Attachment {
+    /// Detaches the program from the interface.
+    pub fn detach(self, ebpf: &mut Ebpf) {
+        let result = match self.link {
+            LinkId::Xdp(id) => xdp_program(ebpf).and_then(|p| Ok(p.detach(id)?)),
+            LinkId::Tc(id) => tc_program(ebpf).and_then(|p| Ok(p.detach(id)?)),
+        };
+        if let Err(e) = result {
+            tracing::warn!(interface = %self.interface, error = %e, "detach failed");
+        }
+    }
+}
+
+fn xdp_program(ebpf: &mut Ebpf) -> anyhow::Result<&mut Xdp> {
+    Ok(ebpf
+        .program_mut(program_names::XDP)
+        .context("XDP program missing from the object")?
+        .try_into()?)
+}
+
+fn tc_program(ebpf: &mut Ebpf) -> anyhow::Result<&mut SchedClassifier> {
+    Ok(ebpf
+        .program_mut(program_names::TC_INGRESS)
+        .context("TC program missing from the object")?
+        .try_into()?)
+}
+
+/// Loads the program the mode needs and attaches it to every interface.
+pub fn attach_all(
+    ebpf: &mut Ebpf,
+    interfaces: &[String],
+    mode: AttachMode,
+) -> anyhow::Result<Vec<Attachment>> {
+    let mut out = Vec::with_capacity(interfaces.len());
+    match mode {
+        AttachMode::Xdp | AttachMode::XdpGeneric => {
+            let program = xdp_program(ebpf)?;
+            program.load().context("loading the XDP program")?;
+            for iface in interfaces {
+                let attached = if mode == AttachMode::Xdp {
+                    match program.attach(iface, XdpMode::Driver) {
+                        Ok(id) => Some((id, AttachedMode::XdpDriver)),
+                        Err(e) => {
+                            tracing::warn!(interface = %iface, error = %e,
+                                "native XDP unavailable; falling back to generic XDP");
+                            None
+                        }
+                    }
+                } else {
+                    None
+                };
+                let (id, mode) = match attached {
+                    Some(a) => a,
+                    None => (
+                        program
+                            .attach(iface, XdpMode::Skb)
+                            .with_context(|| format!("attaching XDP (generic) to {iface}"))?,
+                        AttachedMode::XdpGeneric,
+                    ),
+                };
+                tracing::info!(interface = %iface, %mode, "attached");
+                out.push(Attachment {
+                    interface: iface.clone(),
+                    mode,
+                    link: LinkId::Xdp(id),
+                });
+            }
+        }
+        AttachMode::Tc => {
+            let program = tc_program(ebpf)?;
+            program.load().context("loading the TC program")?;
+            for iface in interfaces {
+                // EEXIST: the interface already has a clsact qdisc, which is what we need.
+                if let Err(e) = tc::qdisc_add_clsact(iface) {
+                    tracing::debug!(interface = %iface, error = %e, "clsact qdisc not added");
+                }
+                let id = program
+                    .attach(iface, TcAttachType::Ingress)
+                    .with_context(|| format!("attaching TC ingress to {iface}"))?;
+                tracing::info!(interface = %iface, mode = "tc", "attached");
+                out.push(Attachment {
+                    interface: iface.clone(),
+                    mode: AttachedMode::TcIngress,
+                    link: LinkId::Tc(id),
+                });
+            }
+        }
+    }
+    Ok(out)
+}

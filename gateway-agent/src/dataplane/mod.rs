@@ -1,0 +1,170 @@
+//! The kernel side of the agent: loads nodegate's eBPF object, attaches its programs to the chosen
+//! interfaces, pins its maps under `--bpffs`, and keeps the maps in step with the model.
+
+mod attach;
+mod bpffs;
+mod listeners;
+mod stats;
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use aya::{Ebpf, EbpfLoader};
+use gateway_common::map_names;
+
+pub use attach::Attachment;
+pub use listeners::ListenerEntry;
+pub use stats::{DataplaneStats, ListenerStats};
+
+use crate::cli::AttachMode;
+
+/// The eBPF object built by build.rs (aya-build) for bpfel-unknown-none.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gateway-ebpf"));
+
+/// Every map the agent pins, by its name in the object.
+const PINNED_MAPS: [&str; 3] = [
+    map_names::LISTENERS,
+    map_names::LISTENER_STATS,
+    map_names::DROP_STATS,
+];
+
+/// How the data plane is set up.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Interfaces to attach to.
+    pub interfaces: Vec<String>,
+    /// Attach mode requested on the command line.
+    pub attach: AttachMode,
+    /// bpffs directory for pins.
+    pub bpffs: PathBuf,
+}
+
+/// The loaded object, its attachments and pins. Dropping it detaches the programs.
+pub struct Dataplane {
+    ebpf: Ebpf,
+    attachments: Vec<Attachment>,
+    bpffs: PathBuf,
+    listeners: listeners::ListenerTable,
+    logger: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Dataplane {
+    /// Loads the object, attaches to every interface and pins the maps.
+    pub async fn start(opts: &Options) -> anyhow::Result<Self> {
+        raise_memlock_limit();
+        bpffs::ensure_mounted(&opts.bpffs)?;
+        let kernel_log_level = kernel_log_level();
+        let mut ebpf = EbpfLoader::new()
+            .override_global("AYA_LOG_LEVEL", &kernel_log_level, false)
+            .load(EBPF_OBJECT)
+            .context("loading the eBPF object")?;
+        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(logger) => Some(forward_kernel_logs(logger)?),
+            Err(e) => {
+                tracing::warn!(error = %e, "kernel log forwarding unavailable");
+                None
+            }
+        };
+        let attachments = attach::attach_all(&mut ebpf, &opts.interfaces, opts.attach)?;
+        for name in PINNED_MAPS {
+            let path = opts.bpffs.join(name);
+            // A pin left by an agent that did not stop cleanly: replace it with this object's map.
+            if path.exists() {
+                std::fs::remove_file(&path)
+                    .with_context(|| format!("removing stale pin {}", path.display()))?;
+            }
+            ebpf.map(name)
+                .with_context(|| format!("map {name} missing from the object"))?
+                .pin(&path)
+                .with_context(|| format!("pinning {name} at {}", path.display()))?;
+        }
+        tracing::info!(bpffs = %opts.bpffs.display(), maps = ?PINNED_MAPS, "maps pinned");
+        Ok(Self {
+            ebpf,
+            attachments,
+            bpffs: opts.bpffs.clone(),
+            listeners: listeners::ListenerTable::default(),
+            logger,
+        })
+    }
+
+    /// Makes the `LISTENERS` map hold exactly `entries` (diffed: untouched keys are not rewritten).
+    pub fn set_listeners(&mut self, entries: &[ListenerEntry]) -> anyhow::Result<()> {
+        self.listeners.sync(&mut self.ebpf, entries)
+    }
+
+    /// Reads every counter, summed over CPUs.
+    pub fn stats(&self) -> anyhow::Result<DataplaneStats> {
+        stats::read(&self.ebpf, self.listeners.entries())
+    }
+
+    /// What the programs are attached to, and how.
+    pub fn attachments(&self) -> &[Attachment] {
+        &self.attachments
+    }
+
+    /// Detaches every program and removes the pins.
+    pub fn shutdown(&mut self) {
+        for a in self.attachments.drain(..) {
+            tracing::info!(interface = %a.interface, mode = %a.mode, "detaching");
+            a.detach(&mut self.ebpf);
+        }
+        for name in PINNED_MAPS {
+            let _ = std::fs::remove_file(self.bpffs.join(name));
+        }
+        if let Some(logger) = self.logger.take() {
+            logger.abort();
+        }
+    }
+}
+
+impl Drop for Dataplane {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it so loading never fails on it.
+fn raise_memlock_limit() {
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit with a valid pointer to an initialised struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
+        tracing::debug!("setrlimit(RLIMIT_MEMLOCK) failed; relying on memcg accounting");
+    }
+}
+
+/// The kernel programs log at the level the agent's own filter enables (aya-log's levels: error=1 … trace=5).
+fn kernel_log_level() -> u8 {
+    use tracing::level_filters::LevelFilter;
+    match LevelFilter::current() {
+        LevelFilter::OFF => 0,
+        LevelFilter::ERROR => 1,
+        LevelFilter::WARN => 2,
+        LevelFilter::INFO => 3,
+        LevelFilter::DEBUG => 4,
+        _ => 5,
+    }
+}
+
+/// Drains aya-log's ring buffer whenever it is readable; records go through `log` into tracing.
+fn forward_kernel_logs(
+    logger: aya_log::EbpfLogger<&'static dyn log::Log>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    // SAFETY: the ring buffer's fd is owned by `logger`, which the AsyncFd owns until it is dropped.
+    let mut fd = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    }
+    .map_err(|e| anyhow::anyhow!("polling the kernel log ring buffer: {e}"))?;
+    Ok(tokio::spawn(async move {
+        loop {
+            let Ok(mut guard) = fd.readable_mut().await else {
+                return;
+            };
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    }))
+}

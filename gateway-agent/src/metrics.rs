@@ -1,0 +1,93 @@
+//! Prometheus exposition of the data plane's counters (prometheus-client text format).
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric as _},
+    metrics::counter::ConstCounter,
+    registry::Registry,
+};
+
+use crate::dataplane::DataplaneStats;
+
+/// A snapshot of kernel counters, encoded on scrape.
+#[derive(Debug)]
+struct KernelCounters(DataplaneStats);
+
+impl Collector for KernelCounters {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let families: [(
+            &str,
+            &str,
+            fn(&gateway_common::counters::TrafficCounters) -> u64,
+        ); 2] = [
+            (
+                "nodegate_listener_packets",
+                "Packets seen by the L4 programs per listener.",
+                |c| c.packets,
+            ),
+            (
+                "nodegate_listener_bytes",
+                "Bytes seen by the L4 programs per listener.",
+                |c| c.bytes,
+            ),
+        ];
+        for (name, help, field) in families {
+            let mut family = encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            for l in &self.0.listeners {
+                let labels = [
+                    ("listener", l.entry.name.clone()),
+                    ("address", l.entry.socket.to_string()),
+                    (
+                        "protocol",
+                        format!("{:?}", l.entry.transport).to_lowercase(),
+                    ),
+                ];
+                ConstCounter::new(field(&l.counters)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let drop_families: [(
+            &str,
+            &str,
+            fn(&gateway_common::counters::TrafficCounters) -> u64,
+        ); 2] = [
+            (
+                "nodegate_dropped_packets",
+                "Packets the L4 programs dropped, per reason.",
+                |c| c.packets,
+            ),
+            (
+                "nodegate_dropped_bytes",
+                "Bytes the L4 programs dropped, per reason.",
+                |c| c.bytes,
+            ),
+        ];
+        for (name, help, field) in drop_families {
+            let mut family = encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            for (reason, c) in &self.0.drops {
+                ConstCounter::new(field(c))
+                    .encode(family.encode_family(&[("reason", *reason)])?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Renders `stats` in the Prometheus text format.
+pub fn render(stats: DataplaneStats) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(KernelCounters(stats)));
+    let mut out = String::new();
+    // Encoding into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+    out
+}

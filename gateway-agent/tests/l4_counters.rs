@@ -1,0 +1,173 @@
+//! End to end, as root: the real agent in a gateway namespace loads and attaches its programs in
+//! each attach mode, programs the listeners of a Gateway from YAML, counts the client's packets per
+//! listener in a pinned BTF map (checked through bpftool and /metrics), and detaches on SIGTERM.
+
+mod support;
+
+use std::{
+    net::{SocketAddr, TcpStream},
+    time::Duration,
+};
+
+use support::{Agent, ConfigDir};
+use testbed::{GATEWAY_V4, GATEWAY_V6, TempBpffs, Topology};
+
+const GATEWAY_YAML: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata:
+  name: nodegate
+spec:
+  controllerName: nodegate.io/gateway-controller
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: edge
+  namespace: default
+spec:
+  gatewayClassName: nodegate
+  addresses:
+  - type: IPAddress
+    value: 10.90.1.1
+  - type: IPAddress
+    value: fd00:90:1::1
+  listeners:
+  - name: dns
+    protocol: UDP
+    port: 5353
+  - name: tcp
+    protocol: TCP
+    port: 8080
+"#;
+
+const UDP_DATAGRAMS: usize = 50;
+
+/// Sum of the "packets" fields of every CPU's value in a `bpftool -j map dump` of a per-CPU array.
+fn pinned_packets(bpffs: &std::path::Path) -> u64 {
+    let json = testbed::sh(
+        "bpftool",
+        &[
+            "-j",
+            "map",
+            "dump",
+            "pinned",
+            &bpffs.join("LISTENER_STATS").to_string_lossy(),
+        ],
+    )
+    .expect("bpftool map dump");
+    let v: serde_json::Value = serde_json::from_str(&json).expect("bpftool JSON");
+    let mut total = 0;
+    for entry in v.as_array().expect("array of entries") {
+        for per_cpu in entry["values"].as_array().expect("per-CPU values") {
+            // BTF gives the value its field names; without BTF bpftool prints raw bytes.
+            total += per_cpu["value"]["packets"]
+                .as_u64()
+                .expect("a named `packets` field (BTF)");
+        }
+    }
+    total
+}
+
+fn counts_packets_per_listener(attach: &str) {
+    let topo = Topology::create("cnt", 1).expect("topology");
+    let bpffs = TempBpffs::mount("cnt").expect("bpffs");
+    let config =
+        ConfigDir::new(&format!("cnt-{attach}"), &[("gateway.yaml", GATEWAY_YAML)]).unwrap();
+    let mut agent = Agent::start(&topo, &bpffs, config.path(), attach).expect("agent starts");
+
+    let prog_ids = support::attached_prog_ids(&topo.gateway).unwrap();
+    assert!(!prog_ids.is_empty(), "no program attached in {attach} mode");
+    assert_eq!(pinned_packets(&agent.bpffs), 0, "counters start at zero");
+
+    topo.client
+        .run(|| {
+            for ip in [
+                std::net::IpAddr::V4(GATEWAY_V4),
+                std::net::IpAddr::V6(GATEWAY_V6),
+            ] {
+                testbed::send_udp(SocketAddr::new(ip, 5353), UDP_DATAGRAMS, 64).unwrap();
+                // Nothing listens on 8080 yet: the SYN is counted, then refused by the stack.
+                let _ =
+                    TcpStream::connect_timeout(&SocketAddr::new(ip, 8080), Duration::from_secs(1));
+            }
+        })
+        .unwrap();
+
+    let metrics = testbed::wait_for(Duration::from_secs(5), "counters to reach /metrics", || {
+        let m = agent.metrics().ok()?;
+        let udp = testbed::metric_value(
+            &m,
+            "nodegate_listener_packets_total",
+            &[("protocol", "udp")],
+        )?;
+        (udp >= (2 * UDP_DATAGRAMS) as f64).then_some(m)
+    })
+    .expect("UDP datagrams counted");
+    let udp = testbed::metric_value(
+        &metrics,
+        "nodegate_listener_packets_total",
+        &[
+            ("listener", "default/edge/dns"),
+            ("address", "10.90.1.1:5353"),
+        ],
+    )
+    .expect("per-address UDP listener series");
+    assert_eq!(
+        udp, UDP_DATAGRAMS as f64,
+        "every IPv4 datagram counted once\n{metrics}"
+    );
+    let tcp = testbed::metric_value(
+        &metrics,
+        "nodegate_listener_packets_total",
+        &[("protocol", "tcp")],
+    )
+    .expect("TCP listener series");
+    assert!(
+        tcp >= 2.0,
+        "a SYN per family counted on the TCP listener\n{metrics}"
+    );
+    let bytes = testbed::metric_value(
+        &metrics,
+        "nodegate_listener_bytes_total",
+        &[("protocol", "udp")],
+    )
+    .unwrap();
+    assert!(
+        bytes >= (2 * UDP_DATAGRAMS * 64) as f64,
+        "bytes include the payload\n{metrics}"
+    );
+    assert!(
+        pinned_packets(&agent.bpffs) >= (2 * UDP_DATAGRAMS + 2) as u64,
+        "the pinned map shows the same counts"
+    );
+
+    agent.stop().expect("clean exit on SIGTERM");
+    for id in prog_ids {
+        assert!(
+            testbed::sh("bpftool", &["prog", "show", "id", &id.to_string()]).is_err(),
+            "program {id} still loaded after SIGTERM"
+        );
+    }
+    assert!(
+        support::attached_prog_ids(&topo.gateway)
+            .unwrap()
+            .is_empty(),
+        "nothing stays attached after SIGTERM"
+    );
+}
+
+#[test]
+fn counts_packets_per_listener_xdp() {
+    counts_packets_per_listener("xdp");
+}
+
+#[test]
+fn counts_packets_per_listener_xdp_generic() {
+    counts_packets_per_listener("xdp-generic");
+}
+
+#[test]
+fn counts_packets_per_listener_tc() {
+    counts_packets_per_listener("tc");
+}

@@ -1,0 +1,166 @@
+//! Running the real agent binary inside a test topology's gateway namespace.
+
+#![allow(dead_code, reason = "each test binary uses a different part")]
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use testbed::{GATEWAY_CLIENT_IFACE, TempBpffs, Topology};
+
+/// The admin endpoint inside the gateway namespace.
+pub const ADMIN: &str = "127.0.0.1:9901";
+
+/// A YAML config directory written for one test, removed on drop.
+pub struct ConfigDir {
+    path: PathBuf,
+}
+
+impl ConfigDir {
+    /// Writes `files` (name, contents) into a fresh directory.
+    pub fn new(tag: &str, files: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let path = std::env::temp_dir().join(format!(
+            "nodegate-config-{tag}-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path)?;
+        for (name, text) in files {
+            std::fs::write(path.join(name), text)?;
+        }
+        Ok(Self { path })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for ConfigDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// The agent binary under test, running in `topo.gateway`. Killed on drop if still running.
+pub struct Agent {
+    child: Option<Child>,
+    /// Where its maps are pinned.
+    pub bpffs: PathBuf,
+    gateway: testbed::Netns,
+}
+
+impl Agent {
+    /// Starts `gateway-agent run` on `config` attached to the gateway's client-facing interface,
+    /// and waits for /readyz.
+    pub fn start(
+        topo: &Topology,
+        bpffs: &TempBpffs,
+        config: &Path,
+        attach: &str,
+    ) -> anyhow::Result<Self> {
+        let child = topo
+            .gateway
+            .command(env!("CARGO_BIN_EXE_gateway-agent"))
+            .args(["--log", "info,gateway_agent=debug", "run", "--config-dir"])
+            .arg(config)
+            .args([
+                "--interface",
+                GATEWAY_CLIENT_IFACE,
+                "--attach",
+                attach,
+                "--bpffs",
+            ])
+            .arg(bpffs.path())
+            .args(["--admin-address", ADMIN])
+            .stdin(Stdio::null())
+            .spawn()
+            .context("spawning gateway-agent")?;
+        let mut agent = Agent {
+            child: Some(child),
+            bpffs: bpffs.path().to_path_buf(),
+            gateway: topo.gateway.clone(),
+        };
+        testbed::wait_for(Duration::from_secs(20), "the agent's /readyz", || {
+            if let Some(Ok(Some(status))) = agent.child.as_mut().map(|c| c.try_wait()) {
+                panic!("gateway-agent exited before it was ready: {status}");
+            }
+            match agent.get("/readyz") {
+                Ok((200, _)) => Some(()),
+                _ => None,
+            }
+        })?;
+        Ok(agent)
+    }
+
+    /// GET from the admin endpoint (inside the gateway namespace).
+    pub fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        let admin: SocketAddr = ADMIN.parse()?;
+        let path = path.to_string();
+        self.gateway.run(move || testbed::http_get(admin, &path))?
+    }
+
+    /// /metrics, which must answer 200.
+    pub fn metrics(&self) -> anyhow::Result<String> {
+        let (status, body) = self.get("/metrics")?;
+        if status != 200 {
+            bail!("/metrics answered {status}: {body}");
+        }
+        Ok(body)
+    }
+
+    /// SIGTERM, and the exit status must be success.
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        let mut child = self.child.take().context("agent already stopped")?;
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()?;
+        let status = child.wait()?;
+        if !status.success() {
+            bail!("gateway-agent exited with {status} after SIGTERM");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The id of the XDP or TC program attached to `iface` in `ns`, as `bpftool net` reports it.
+pub fn attached_prog_ids(ns: &testbed::Netns) -> anyhow::Result<Vec<u64>> {
+    let json = ns.exec("bpftool", &["-j", "net", "show"])?;
+    let v: serde_json::Value = serde_json::from_str(&json)?;
+    let mut ids = Vec::new();
+    collect_ids(&v, &mut ids);
+    Ok(ids)
+}
+
+fn collect_ids(v: &serde_json::Value, out: &mut Vec<u64>) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, val) in map {
+                if k == "id" {
+                    if let Some(id) = val.as_u64() {
+                        out.push(id);
+                    }
+                } else {
+                    collect_ids(val, out);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|i| collect_ids(i, out)),
+        _ => {}
+    }
+}

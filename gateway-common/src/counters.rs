@@ -1,0 +1,41 @@
+//! Per-CPU traffic counters written by the kernel programs and summed by the agent for `/metrics`.
+
+/// Packets and bytes. The value type of `LISTENER_STATS` (index: listener id) and `DROP_STATS`
+/// (index: [`DropReason`]). Written by XDP/TC on their own CPU's slot; read (summed over CPUs) by the agent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct TrafficCounters {
+    /// Packets seen.
+    pub packets: u64,
+    /// Bytes seen (whole frame as the program saw it).
+    pub bytes: u64,
+}
+
+/// Why a kernel program dropped (or refused to handle) a packet: the index into `DROP_STATS`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// The frame ended before a header it claimed to carry.
+    Truncated = 0,
+    /// An IPv4 header with IHL < 5 or a total length that disagrees with the frame.
+    BadIpHeader = 1,
+    /// A TCP header whose data offset is below 5 words.
+    BadL4Header = 2,
+}
+
+impl DropReason {
+    /// Every reason, in index order, with the label used in metrics.
+    pub const ALL: [(DropReason, &'static str); 3] = [
+        (DropReason::Truncated, "truncated"),
+        (DropReason::BadIpHeader, "bad_ip_header"),
+        (DropReason::BadL4Header, "bad_l4_header"),
+    ];
+}
+
+/// Capacity of `DROP_STATS`.
+pub const MAX_DROP_REASONS: u32 = 16;
+
+#[cfg(feature = "user")]
+mod pod {
+    unsafe impl aya::Pod for super::TrafficCounters {}
+}

@@ -1,0 +1,434 @@
+//! Network-namespace test topologies for nodegate: a client, a gateway and a backend host joined by
+//! veth pairs, created by the caller and removed when dropped (and on the next run if a crash left
+//! them behind). Shared by `cargo xtask demo`, the end-to-end tests and the benchmarks.
+//!
+//! ```text
+//!  client ns               gateway ns                          backend ns
+//!  eth0 10.90.1.2 ─veth─ client0 10.90.1.1 | backend0 10.90.2.1 ─veth─ eth0 10.90.2.2 (+ .3, .4 …)
+//!       fd00:90:1::2          fd00:90:1::1 | fd00:90:2::1                fd00:90:2::2 (+ ::3 …)
+//! ```
+//!
+//! Only addresses inside namespaces this crate creates are used. As the project's guide asks, the
+//! client and backend ends have TX checksum offload off (so an XDP rewrite sees full checksums) and
+//! GRO on (so frames XDP redirects into a veth are accepted).
+
+use std::{
+    fs::File,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use anyhow::{Context as _, bail};
+
+/// The gateway's address facing the client (where listeners bind in tests and the demo).
+pub const GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(10, 90, 1, 1);
+/// The gateway's IPv6 address facing the client.
+pub const GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x90, 1, 0, 0, 0, 0, 1);
+/// The client's address.
+pub const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(10, 90, 1, 2);
+/// The client's IPv6 address.
+pub const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x90, 1, 0, 0, 0, 0, 2);
+/// The gateway's address facing the backends.
+pub const GATEWAY_BACKEND_SIDE_V4: Ipv4Addr = Ipv4Addr::new(10, 90, 2, 1);
+/// The gateway's IPv6 address facing the backends.
+pub const GATEWAY_BACKEND_SIDE_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x90, 2, 0, 0, 0, 0, 1);
+/// The gateway's interface facing the client.
+pub const GATEWAY_CLIENT_IFACE: &str = "client0";
+/// The gateway's interface facing the backends.
+pub const GATEWAY_BACKEND_IFACE: &str = "backend0";
+
+/// IPv4 address of backend `i` (0-based) in the backend namespace: 10.90.2.(2+i).
+pub fn backend_v4(i: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 90, 2, 2 + i)
+}
+
+/// IPv6 address of backend `i` (0-based): fd00:90:2::(2+i).
+pub fn backend_v6(i: u8) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x90, 2, 0, 0, 0, 0, 2 + u16::from(i))
+}
+
+/// Fails with a clear message unless the process runs as root (netns, veth, bpf() need it).
+pub fn require_root(what: &str) -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "{what} needs root (network namespaces, veth pairs and bpf() need CAP_SYS_ADMIN, \
+             CAP_NET_ADMIN and CAP_BPF): run it as root, e.g. `sudo -E cargo xtask test`"
+        );
+    }
+    Ok(())
+}
+
+/// Runs a command and fails with its stderr if it does not succeed.
+pub fn sh(program: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {program} (is it installed?)"))?;
+    if !out.status.success() {
+        bail!(
+            "{program} {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// One network namespace, by name (`/var/run/netns/<name>`).
+#[derive(Debug, Clone)]
+pub struct Netns {
+    /// The name `ip netns` knows it by.
+    pub name: String,
+}
+
+impl Netns {
+    /// A `Command` that runs `program` inside this namespace (`ip netns exec`).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name]).arg(program);
+        cmd
+    }
+
+    /// Runs `ip <args>` inside the namespace.
+    pub fn ip(&self, args: &[&str]) -> anyhow::Result<String> {
+        let mut full = vec!["-n", &self.name];
+        full.extend_from_slice(args);
+        sh("ip", &full)
+    }
+
+    /// Runs `program args` inside the namespace and fails on a non-zero exit.
+    pub fn exec(&self, program: &str, args: &[&str]) -> anyhow::Result<String> {
+        let mut full = vec!["netns", "exec", &self.name, program];
+        full.extend_from_slice(args);
+        sh("ip", &full)
+    }
+
+    /// Runs `f` on a thread that has joined this namespace: sockets it creates live there.
+    pub fn run<R: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> anyhow::Result<R> {
+        let path = PathBuf::from("/var/run/netns").join(&self.name);
+        let file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        std::thread::spawn(move || {
+            // SAFETY: setns on this thread only, with a namespace fd we own.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(anyhow::anyhow!(
+                    "setns: {}",
+                    std::io::Error::last_os_error()
+                ));
+            }
+            Ok(f())
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("thread in netns panicked"))?
+    }
+
+    /// Spawns a long-lived thread in the namespace (for servers); it ends with the process.
+    pub fn spawn(&self, f: impl FnOnce() + Send + 'static) -> anyhow::Result<()> {
+        let path = PathBuf::from("/var/run/netns").join(&self.name);
+        let file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            // SAFETY: setns on this thread only, with a namespace fd we own.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            let _ = tx.send(rc);
+            if rc == 0 {
+                f();
+            }
+        });
+        match rx.recv()? {
+            0 => Ok(()),
+            _ => bail!("setns into {} failed", self.name),
+        }
+    }
+}
+
+/// A client — gateway — backend topology. Dropping it deletes the namespaces (and so the links).
+#[derive(Debug)]
+pub struct Topology {
+    /// The client host.
+    pub client: Netns,
+    /// The gateway host, where the agent runs.
+    pub gateway: Netns,
+    /// The backend host; backend `i` answers on [`backend_v4`]`(i)` / [`backend_v6`]`(i)`.
+    pub backend: Netns,
+    prefix: String,
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+impl Topology {
+    /// Creates the three namespaces with `backends` backend addresses. `tag` (a few letters) makes
+    /// the names recognisable; the process id and a counter make them unique, so tests can run in
+    /// parallel.
+    pub fn create(tag: &str, backends: u8) -> anyhow::Result<Self> {
+        require_root("a network-namespace topology")?;
+        let prefix = format!(
+            "ng{tag}{}x{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        remove_namespaces(&prefix);
+        let topo = Topology {
+            client: Netns {
+                name: format!("{prefix}-cl"),
+            },
+            gateway: Netns {
+                name: format!("{prefix}-gw"),
+            },
+            backend: Netns {
+                name: format!("{prefix}-be"),
+            },
+            prefix,
+        };
+        topo.build(backends)?;
+        Ok(topo)
+    }
+
+    /// The namespace-name prefix shared by the three namespaces.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn build(&self, backends: u8) -> anyhow::Result<()> {
+        for ns in [&self.client, &self.gateway, &self.backend] {
+            sh("ip", &["netns", "add", &ns.name])?;
+            ns.ip(&["link", "set", "lo", "up"])?;
+        }
+        sh(
+            "ip",
+            &[
+                "link",
+                "add",
+                "eth0",
+                "netns",
+                &self.client.name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                GATEWAY_CLIENT_IFACE,
+                "netns",
+                &self.gateway.name,
+            ],
+        )?;
+        sh(
+            "ip",
+            &[
+                "link",
+                "add",
+                "eth0",
+                "netns",
+                &self.backend.name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                GATEWAY_BACKEND_IFACE,
+                "netns",
+                &self.gateway.name,
+            ],
+        )?;
+        let gw = &self.gateway;
+        gw.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
+        gw.exec("sysctl", &["-qw", "net.ipv6.conf.all.forwarding=1"])?;
+        let addr =
+            |ns: &Netns, iface: &str, a: &str| ns.ip(&["addr", "add", a, "dev", iface, "nodad"]);
+        addr(gw, GATEWAY_CLIENT_IFACE, &format!("{GATEWAY_V4}/24"))?;
+        addr(gw, GATEWAY_CLIENT_IFACE, &format!("{GATEWAY_V6}/64"))?;
+        addr(
+            gw,
+            GATEWAY_BACKEND_IFACE,
+            &format!("{GATEWAY_BACKEND_SIDE_V4}/24"),
+        )?;
+        addr(
+            gw,
+            GATEWAY_BACKEND_IFACE,
+            &format!("{GATEWAY_BACKEND_SIDE_V6}/64"),
+        )?;
+        addr(&self.client, "eth0", &format!("{CLIENT_V4}/24"))?;
+        addr(&self.client, "eth0", &format!("{CLIENT_V6}/64"))?;
+        for i in 0..backends.max(1) {
+            addr(&self.backend, "eth0", &format!("{}/24", backend_v4(i)))?;
+            addr(&self.backend, "eth0", &format!("{}/64", backend_v6(i)))?;
+        }
+        for (ns, iface) in [
+            (&self.client, "eth0"),
+            (gw, GATEWAY_CLIENT_IFACE),
+            (gw, GATEWAY_BACKEND_IFACE),
+            (&self.backend, "eth0"),
+        ] {
+            ns.ip(&["link", "set", iface, "up"])?;
+        }
+        // Hosts at the edges behave like real NICs: full checksums on send, GRO on receive.
+        for ns in [&self.client, &self.backend] {
+            ns.exec("ethtool", &["-K", "eth0", "tx", "off", "gro", "on"])?;
+        }
+        self.client
+            .ip(&["route", "add", "default", "via", &GATEWAY_V4.to_string()])?;
+        self.client.ip(&[
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &GATEWAY_V6.to_string(),
+        ])?;
+        self.backend.ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            &GATEWAY_BACKEND_SIDE_V4.to_string(),
+        ])?;
+        self.backend.ip(&[
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &GATEWAY_BACKEND_SIDE_V6.to_string(),
+        ])?;
+        Ok(())
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        remove_namespaces(&self.prefix);
+    }
+}
+
+/// Deletes every namespace whose name starts with `prefix` (their veths go with them).
+pub fn remove_namespaces(prefix: &str) {
+    let Ok(list) = sh("ip", &["netns", "list"]) else {
+        return;
+    };
+    for line in list.lines() {
+        let name = line.split_whitespace().next().unwrap_or_default();
+        if !name.is_empty() && name.starts_with(prefix) {
+            let _ = sh("ip", &["netns", "delete", name]);
+        }
+    }
+}
+
+/// A bpffs mounted on a fresh directory of the root mount namespace, visible from every `ip netns
+/// exec` (which remounts /sys, hiding /sys/fs/bpf). Unmounted and removed on drop.
+#[derive(Debug)]
+pub struct TempBpffs {
+    path: PathBuf,
+}
+
+impl TempBpffs {
+    /// Mounts a bpffs under the system temp directory.
+    pub fn mount(tag: &str) -> anyhow::Result<Self> {
+        require_root("mounting a bpffs")?;
+        let path = std::env::temp_dir().join(format!(
+            "nodegate-bpffs-{tag}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&path)?;
+        sh("mount", &["-t", "bpf", "bpf", &path.to_string_lossy()])?;
+        Ok(Self { path })
+    }
+
+    /// Where it is mounted.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempBpffs {
+    fn drop(&mut self) {
+        let _ = sh("umount", &[&self.path.to_string_lossy()]);
+        let _ = std::fs::remove_dir(&self.path);
+    }
+}
+
+/// Sends `count` UDP datagrams of `payload` bytes from the current thread's namespace to `dst`.
+pub fn send_udp(dst: std::net::SocketAddr, count: usize, payload: usize) -> anyhow::Result<()> {
+    let bind: std::net::SocketAddr = match dst.ip() {
+        IpAddr::V4(_) => "0.0.0.0:0".parse()?,
+        IpAddr::V6(_) => "[::]:0".parse()?,
+    };
+    let sock = std::net::UdpSocket::bind(bind)?;
+    let buf = vec![0x42u8; payload];
+    for _ in 0..count {
+        sock.send_to(&buf, dst)?;
+    }
+    Ok(())
+}
+
+/// A minimal HTTP/1.0 GET from the current thread's namespace: returns (status code, body). For
+/// reading the agent's admin endpoint in tests and the demo.
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    use std::io::{Read as _, Write as _};
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .context("HTTP response without a header end")?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("HTTP response without a status code")?;
+    Ok((status, body.to_string()))
+}
+
+/// Polls `f` every 100 ms until it returns `Some`, for at most `timeout`.
+pub fn wait_for<T>(
+    timeout: std::time::Duration,
+    what: &str,
+    mut f: impl FnMut() -> Option<T>,
+) -> anyhow::Result<T> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Ok(v);
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Sums the samples of a Prometheus metric whose label set contains every `labels` pair.
+pub fn metric_value(exposition: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut found = None;
+    for line in exposition.lines() {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        let (label_part, value) = match rest.strip_prefix('{') {
+            Some(r) => match r.split_once("} ") {
+                Some((l, v)) => (l, v),
+                None => continue,
+            },
+            None => match rest.strip_prefix(' ') {
+                Some(v) => ("", v),
+                None => continue,
+            },
+        };
+        if labels
+            .iter()
+            .all(|(k, v)| label_part.contains(&format!("{k}=\"{v}\"")))
+            && let Ok(v) = value.trim().parse::<f64>()
+        {
+            *found.get_or_insert(0.0) += v;
+        }
+    }
+    found
+}

@@ -1,0 +1,267 @@
+//! `cargo xtask demo`: the agent on the embedded default (examples/standalone) in a client —
+//! gateway — backend network-namespace topology, with real traffic and a report of what happened.
+//! Everything it creates is removed at the end, on failure and on Ctrl-C.
+
+use std::{
+    net::{SocketAddr, TcpStream},
+    process::{Child, Command, Stdio},
+    sync::{
+        Mutex,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use testbed::{GATEWAY_CLIENT_IFACE, GATEWAY_V4, GATEWAY_V6, TempBpffs, Topology};
+
+/// `cargo xtask demo` options.
+#[derive(clap::Args)]
+pub struct DemoArgs {
+    /// How the agent attaches its programs.
+    #[arg(long, default_value = "xdp", value_parser = ["xdp", "xdp-generic", "tc"])]
+    attach: String,
+    /// Build the agent with the release profile.
+    #[arg(long)]
+    release: bool,
+    /// Agent log filter.
+    #[arg(long, default_value = "info")]
+    log: String,
+}
+
+/// The admin endpoint inside the gateway namespace.
+const ADMIN: &str = "127.0.0.1:9901";
+
+/// The agent's pid, for the Ctrl-C handler.
+static AGENT_PID: AtomicU32 = AtomicU32::new(0);
+/// The topology's namespace prefix, for the Ctrl-C handler.
+static PREFIX: Mutex<String> = Mutex::new(String::new());
+
+/// Runs the demo.
+pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
+    testbed::require_root(
+        "`cargo xtask demo` (it loads BPF programs and builds network namespaces)",
+    )?;
+    crate::packages::ensure(crate::packages::TEST_TOOLS)?;
+    let agent_bin = crate::build_agent(args.release)?;
+    let config_dir = crate::workspace_root().join("examples/standalone");
+
+    ctrlc::set_handler(|| {
+        eprintln!("\nxtask demo: interrupted, tearing down");
+        let pid = AGENT_PID.load(Ordering::SeqCst);
+        if pid != 0 {
+            kill_agent(pid);
+        }
+        if let Ok(prefix) = PREFIX.lock()
+            && !prefix.is_empty()
+        {
+            testbed::remove_namespaces(&prefix);
+        }
+        std::process::exit(130);
+    })
+    .context("installing the Ctrl-C handler")?;
+
+    let topo = Topology::create("demo", 2)?;
+    *PREFIX.lock().unwrap_or_else(|e| e.into_inner()) = topo.prefix().to_string();
+    let bpffs = TempBpffs::mount("demo")?;
+    println!(
+        "== topology: client {} — gateway {} ({}) — backends in {}",
+        topo.client.name, topo.gateway.name, GATEWAY_CLIENT_IFACE, topo.backend.name
+    );
+
+    let mut agent = Agent::start(&topo, &agent_bin, &config_dir, bpffs.path(), args)?;
+    let result = drive(&topo, bpffs.path());
+    let stopped = agent.stop();
+    let detached = check_detached();
+    result.and(stopped).and(detached)?;
+    println!("== done: agent stopped, programs detached, namespaces removed");
+    Ok(())
+}
+
+/// Sends traffic and reports what the data plane saw.
+fn drive(topo: &Topology, bpffs: &std::path::Path) -> anyhow::Result<()> {
+    let before = metrics(topo)?;
+    println!("== listeners the agent programmed (from examples/standalone):");
+    let listeners = listener_lines(&before);
+    if listeners.is_empty() {
+        bail!("the agent programmed no listener from examples/standalone");
+    }
+    for l in &listeners {
+        println!("   {l}");
+    }
+
+    println!("== traffic from the client namespace");
+    let sent = topo.client.run(send_traffic)??;
+    for line in &sent {
+        println!("   {line}");
+    }
+
+    let after = metrics(topo)?;
+    println!("== per-listener counters at /metrics (packets seen by the kernel program):");
+    for l in listener_lines(&after) {
+        println!("   {l}");
+    }
+    let total =
+        |e: &str| testbed::metric_value(e, "nodegate_listener_packets_total", &[]).unwrap_or(0.0);
+    let rose = total(&after) > total(&before);
+    println!(
+        "== bpftool map dump pinned {}/LISTENER_STATS (first entries):",
+        bpffs.display()
+    );
+    let dump = testbed::sh(
+        "bpftool",
+        &[
+            "map",
+            "dump",
+            "pinned",
+            &bpffs.join("LISTENER_STATS").to_string_lossy(),
+        ],
+    )?;
+    for line in dump.lines().take(24) {
+        println!("   {line}");
+    }
+    if !rose {
+        bail!("no listener counter rose while traffic flowed");
+    }
+    Ok(())
+}
+
+/// The lines of the listener packet counters, for printing.
+fn listener_lines(exposition: &str) -> Vec<String> {
+    exposition
+        .lines()
+        .filter(|l| l.starts_with("nodegate_listener_packets_total"))
+        .map(str::to_string)
+        .collect()
+}
+
+fn metrics(topo: &Topology) -> anyhow::Result<String> {
+    let admin: SocketAddr = ADMIN.parse()?;
+    let (status, body) = topo
+        .gateway
+        .run(move || testbed::http_get(admin, "/metrics"))??;
+    if status != 200 {
+        bail!("/metrics answered {status}: {body}");
+    }
+    Ok(body)
+}
+
+/// Runs in the client namespace: UDP datagrams and TCP connection attempts to each example listener.
+fn send_traffic() -> anyhow::Result<Vec<String>> {
+    let mut report = Vec::new();
+    for ip in [
+        std::net::IpAddr::V4(GATEWAY_V4),
+        std::net::IpAddr::V6(GATEWAY_V6),
+    ] {
+        let udp = SocketAddr::new(ip, 5353);
+        testbed::send_udp(udp, 20, 64)?;
+        report.push(format!("udp {udp}: sent 20 datagrams of 64 bytes"));
+        for port in [8080u16, 80] {
+            let tcp = SocketAddr::new(ip, port);
+            let outcome = match TcpStream::connect_timeout(&tcp, Duration::from_millis(500)) {
+                Ok(_) => "connected".to_string(),
+                Err(e) => format!("{e}"),
+            };
+            report.push(format!("tcp {tcp}: connect: {outcome}"));
+        }
+    }
+    Ok(report)
+}
+
+/// The agent process inside the gateway namespace.
+struct Agent {
+    child: Option<Child>,
+}
+
+impl Agent {
+    fn start(
+        topo: &Topology,
+        bin: &std::path::Path,
+        config_dir: &std::path::Path,
+        bpffs: &std::path::Path,
+        args: &DemoArgs,
+    ) -> anyhow::Result<Self> {
+        let child = topo
+            .gateway
+            .command(bin)
+            .args(["--log", &args.log, "run", "--config-dir"])
+            .arg(config_dir)
+            .args([
+                "--interface",
+                GATEWAY_CLIENT_IFACE,
+                "--attach",
+                &args.attach,
+                "--bpffs",
+            ])
+            .arg(bpffs)
+            .args(["--admin-address", ADMIN])
+            .stdin(Stdio::null())
+            .spawn()
+            .context("starting gateway-agent")?;
+        AGENT_PID.store(child.id(), Ordering::SeqCst);
+        let mut agent = Agent { child: Some(child) };
+        let admin: SocketAddr = ADMIN.parse()?;
+        let gw = topo.gateway.clone();
+        let ready = testbed::wait_for(Duration::from_secs(20), "the agent's /readyz", || {
+            if let Some(Ok(Some(status))) = agent.child.as_mut().map(|c| c.try_wait()) {
+                return Some(Err(anyhow::anyhow!("gateway-agent exited early: {status}")));
+            }
+            let gw = gw.clone();
+            match gw.run(move || testbed::http_get(admin, "/readyz")) {
+                Ok(Ok((200, body))) => Some(Ok(body)),
+                _ => None,
+            }
+        });
+        match ready {
+            Ok(Ok(body)) => {
+                println!("== agent ready: {}", body.trim());
+                Ok(agent)
+            }
+            Ok(Err(e)) | Err(e) => {
+                let _ = agent.stop();
+                Err(e)
+            }
+        }
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    fn stop(&mut self) -> anyhow::Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let status = child.wait()?;
+        AGENT_PID.store(0, Ordering::SeqCst);
+        if !status.success() {
+            bail!("gateway-agent exited with {status}");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// After SIGTERM no nodegate program stays loaded.
+fn check_detached() -> anyhow::Result<()> {
+    let progs = testbed::sh("bpftool", &["prog", "show"])?;
+    if progs.contains("nodegate_") {
+        bail!("nodegate programs still loaded after the agent stopped:\n{progs}");
+    }
+    Ok(())
+}
+
+/// Sends SIGKILL to `pid` (from the Ctrl-C handler: the agent is torn down with its namespace).
+fn kill_agent(pid: u32) {
+    let _ = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status();
+}
