@@ -156,7 +156,7 @@ fn send_traffic() -> anyhow::Result<Vec<String>> {
         let udp = SocketAddr::new(ip, 5353);
         testbed::send_udp(udp, 20, 64)?;
         report.push(format!("udp {udp}: sent 20 datagrams of 64 bytes"));
-        for port in [8080u16, 80] {
+        for port in [9000u16, 80] {
             let tcp = SocketAddr::new(ip, port);
             let outcome = match TcpStream::connect_timeout(&tcp, Duration::from_millis(500)) {
                 Ok(_) => "connected".to_string(),
