@@ -171,3 +171,68 @@ fn counts_packets_per_listener_xdp_generic() {
 fn counts_packets_per_listener_tc() {
     counts_packets_per_listener("tc");
 }
+
+/// Sends one raw Ethernet frame out of `iface` from the current thread's namespace.
+fn send_raw_frame(iface: &str, frame: &[u8]) -> std::io::Result<()> {
+    let name = std::ffi::CString::new(iface).unwrap();
+    // SAFETY: plain socket calls on a socket we own, with initialised arguments.
+    unsafe {
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_ifindex = libc::if_nametoindex(name.as_ptr()) as i32;
+        addr.sll_halen = 6;
+        let rc = libc::sendto(
+            fd,
+            frame.as_ptr().cast(),
+            frame.len(),
+            0,
+            (&raw const addr).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        );
+        libc::close(fd);
+        if rc < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// A frame that announces IPv4 but ends inside the IP header is dropped, counted under
+/// `truncated`, and the kernel's aya-log record reaches the agent's own log.
+#[test]
+fn malformed_frames_are_dropped_counted_and_logged() {
+    let topo = Topology::create("bad", 1).expect("topology");
+    let bpffs = TempBpffs::mount("bad").expect("bpffs");
+    let config = ConfigDir::new("bad", &[("gateway.yaml", GATEWAY_YAML)]).unwrap();
+    let agent = Agent::start(&topo, &bpffs, config.path(), "xdp").expect("agent starts");
+
+    let mut frame = vec![0xff; 6];
+    frame.extend([0x02; 6]);
+    frame.extend([0x08, 0x00]); // IPv4
+    frame.extend([0x45, 0x00, 0x00]); // 3 of the 20 header bytes
+    topo.client
+        .run(move || {
+            for _ in 0..3 {
+                send_raw_frame("eth0", &frame).unwrap();
+            }
+        })
+        .unwrap();
+
+    testbed::wait_for(Duration::from_secs(5), "truncated frames counted", || {
+        let m = agent.metrics().ok()?;
+        let n = testbed::metric_value(&m, "nodegate_dropped_packets_total", &[("reason", "truncated")])?;
+        (n >= 3.0).then_some(())
+    })
+    .expect("drop counter");
+    testbed::wait_for(Duration::from_secs(5), "the kernel's log record in the agent log", || {
+        agent
+            .log()
+            .contains("dropped a malformed packet")
+            .then_some(())
+    })
+    .expect("aya-log record forwarded");
+}

@@ -54,6 +54,8 @@ pub struct Agent {
     /// Where its maps are pinned.
     pub bpffs: PathBuf,
     gateway: testbed::Netns,
+    /// The agent's stderr (its tracing log), printed when a test fails.
+    pub log_path: PathBuf,
 }
 
 impl Agent {
@@ -65,10 +67,21 @@ impl Agent {
         config: &Path,
         attach: &str,
     ) -> anyhow::Result<Self> {
+        let log_path = std::env::temp_dir().join(format!(
+            "nodegate-agent-{}-{}.log",
+            topo.prefix(),
+            attach
+        ));
+        let log = std::fs::File::create(&log_path)?;
         let child = topo
             .gateway
             .command(env!("CARGO_BIN_EXE_gateway-agent"))
-            .args(["--log", "info,gateway_agent=debug", "run", "--config-dir"])
+            .args([
+                "--log",
+                "info,gateway_agent=debug,gateway_ebpf=debug",
+                "run",
+                "--config-dir",
+            ])
             .arg(config)
             .args([
                 "--interface",
@@ -80,12 +93,14 @@ impl Agent {
             .arg(bpffs.path())
             .args(["--admin-address", ADMIN])
             .stdin(Stdio::null())
+            .stderr(log)
             .spawn()
             .context("spawning gateway-agent")?;
         let mut agent = Agent {
             child: Some(child),
             bpffs: bpffs.path().to_path_buf(),
             gateway: topo.gateway.clone(),
+            log_path,
         };
         testbed::wait_for(Duration::from_secs(20), "the agent's /readyz", || {
             if let Some(Ok(Some(status))) = agent.child.as_mut().map(|c| c.try_wait()) {
@@ -129,12 +144,23 @@ impl Agent {
     }
 }
 
+impl Agent {
+    /// What the agent has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
 impl Drop for Agent {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
+        if std::thread::panicking() {
+            eprintln!("---- agent log ({}) ----\n{}", self.log_path.display(), self.log());
+        }
+        let _ = std::fs::remove_file(&self.log_path);
     }
 }
 
