@@ -1,0 +1,155 @@
+//! The compiled model: what the data planes serve, per bound listener socket. Immutable once
+//! built; shared as `Arc<Model>`; serialisable for `/debug/model`.
+
+use std::net::SocketAddr;
+
+use serde::Serialize;
+
+use crate::http::HttpRule;
+
+/// Everything the data planes serve.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Model {
+    /// TCP and UDP listeners, served in the kernel.
+    pub l4: Vec<L4Listener>,
+    /// HTTP and HTTPS listeners, served by the proxy (one entry per bound socket).
+    pub http: Vec<HttpListener>,
+    /// TLS passthrough listeners, steered by SNI.
+    pub passthrough: Vec<PassthroughListener>,
+}
+
+/// Transport of an L4 listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum L4Protocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+/// One endpoint with its share of traffic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WeightedEndpoint {
+    /// Where to send.
+    pub address: SocketAddr,
+    /// Relative weight (> 0): the backendRef's weight spread over its endpoints.
+    pub weight: u32,
+    /// `namespace/service:port` it came from, for metrics.
+    pub backend: String,
+}
+
+/// A TCP or UDP listener socket and the backends of the route it serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct L4Listener {
+    /// `namespace/gateway/listener`.
+    pub name: String,
+    /// Bound address and port.
+    pub address: SocketAddr,
+    /// TCP or UDP.
+    pub protocol: L4Protocol,
+    /// `namespace/name` of the attached route, if any.
+    pub route: Option<String>,
+    /// The endpoints with weights; empty when no route is attached or no backend is usable.
+    pub backends: Vec<WeightedEndpoint>,
+}
+
+/// A certificate and key for TLS termination, from a `kubernetes.io/tls` Secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Certificate {
+    /// `namespace/name` of the Secret.
+    pub secret: String,
+    /// The listener hostname it serves (None: any SNI).
+    pub hostname: Option<String>,
+    /// PEM certificate chain.
+    #[serde(skip)]
+    pub cert_pem: Vec<u8>,
+    /// PEM private key.
+    #[serde(skip)]
+    pub key_pem: Vec<u8>,
+}
+
+/// An HTTP or HTTPS listener socket (possibly shared by several Gateway listeners that differ in
+/// hostname) and its route table.
+#[derive(Debug, Clone, Serialize)]
+pub struct HttpListener {
+    /// `namespace/gateway/listener` names sharing the socket.
+    pub names: Vec<String>,
+    /// Bound address and port.
+    pub address: SocketAddr,
+    /// Certificates when TLS is terminated here (HTTPS), chosen by SNI.
+    pub tls: Option<Vec<Certificate>>,
+    /// Virtual hosts in match order: exact hostnames, then wildcards longest first, then "any".
+    pub hosts: Vec<VirtualHost>,
+}
+
+/// The rules that serve one hostname pattern.
+#[derive(Debug, Clone, Serialize)]
+pub struct VirtualHost {
+    /// `example.com`, `*.example.com`, or None for any host.
+    pub hostname: Option<String>,
+    /// Rules in the spec's precedence order; the first that matches serves the request.
+    pub rules: Vec<HttpRule>,
+}
+
+/// A TLS passthrough listener socket and its SNI table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PassthroughListener {
+    /// `namespace/gateway/listener`.
+    pub names: Vec<String>,
+    /// Bound address and port.
+    pub address: SocketAddr,
+    /// SNI patterns in match order (exact, then wildcards longest first, then any).
+    pub routes: Vec<SniRoute>,
+}
+
+/// Where connections for one SNI pattern go.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SniRoute {
+    /// Exact or `*.` wildcard hostname; None matches any SNI.
+    pub hostname: Option<String>,
+    /// `namespace/name` of the TLSRoute.
+    pub route: String,
+    /// Endpoints with weights; empty means refuse.
+    pub backends: Vec<WeightedEndpoint>,
+}
+
+impl PassthroughListener {
+    /// The route for a ClientHello's SNI (exact before wildcard, longest wildcard first).
+    pub fn route_for(&self, sni: &str) -> Option<&SniRoute> {
+        self.routes.iter().find(|r| match &r.hostname {
+            None => true,
+            Some(h) => crate::hostname::matches(h, sni),
+        })
+    }
+}
+
+impl HttpListener {
+    /// The virtual host serving `host` (the Host header or :authority, port stripped).
+    pub fn host_for(&self, host: &str) -> Option<&VirtualHost> {
+        let host = strip_port(host).to_ascii_lowercase();
+        let host = host.strip_suffix('.').unwrap_or(&host);
+        self.hosts.iter().find(|v| match &v.hostname {
+            None => true,
+            Some(h) => crate::hostname::matches(h, host),
+        })
+    }
+
+    /// The first rule that matches the request, in the spec's precedence order.
+    pub fn route(&self, req: &crate::http::RequestView<'_>) -> Option<&HttpRule> {
+        self.host_for(req.host)?
+            .rules
+            .iter()
+            .find(|r| r.matcher.matches(req))
+    }
+}
+
+/// `host:port` → `host`; `[v6]:port` → `v6`.
+fn strip_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match host.rsplit_once(':') {
+        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => host,
+    }
+}

@@ -1,0 +1,230 @@
+//! The input snapshot: every object the sources read, keyed by kind, namespace and name. Sources
+//! fill it; only `compile` interprets it.
+
+use std::collections::BTreeMap;
+
+use gateway_api::apis::experimental::{
+    gatewayclasses::GatewayClass, gateways::Gateway, grpcroutes::GrpcRoute as GRPCRoute,
+    httproutes::HttpRoute as HTTPRoute, referencegrants::ReferenceGrant,
+    tcproutes::TcpRoute as TCPRoute, tlsroutes::TlsRoute as TLSRoute,
+    udproutes::UdpRoute as UDPRoute,
+};
+use k8s_openapi::{
+    api::{
+        core::v1::{Namespace, Secret, Service},
+        discovery::v1::EndpointSlice,
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
+
+/// The kinds nodegate reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub enum Kind {
+    /// gateway.networking.k8s.io GatewayClass (cluster-scoped).
+    GatewayClass,
+    /// gateway.networking.k8s.io Gateway.
+    Gateway,
+    /// gateway.networking.k8s.io HTTPRoute.
+    HTTPRoute,
+    /// gateway.networking.k8s.io GRPCRoute.
+    GRPCRoute,
+    /// gateway.networking.k8s.io TLSRoute.
+    TLSRoute,
+    /// gateway.networking.k8s.io TCPRoute.
+    TCPRoute,
+    /// gateway.networking.k8s.io UDPRoute.
+    UDPRoute,
+    /// gateway.networking.k8s.io ReferenceGrant.
+    ReferenceGrant,
+    /// core/v1 Service.
+    Service,
+    /// discovery.k8s.io/v1 EndpointSlice.
+    EndpointSlice,
+    /// core/v1 Namespace (cluster-scoped).
+    Namespace,
+    /// core/v1 Secret.
+    Secret,
+}
+
+impl Kind {
+    /// The kind's name as Kubernetes spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::GatewayClass => "GatewayClass",
+            Kind::Gateway => "Gateway",
+            Kind::HTTPRoute => "HTTPRoute",
+            Kind::GRPCRoute => "GRPCRoute",
+            Kind::TLSRoute => "TLSRoute",
+            Kind::TCPRoute => "TCPRoute",
+            Kind::UDPRoute => "UDPRoute",
+            Kind::ReferenceGrant => "ReferenceGrant",
+            Kind::Service => "Service",
+            Kind::EndpointSlice => "EndpointSlice",
+            Kind::Namespace => "Namespace",
+            Kind::Secret => "Secret",
+        }
+    }
+}
+
+/// One object of a kind nodegate reads.
+#[derive(Debug, Clone)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "objects are built once per read and kept in a map"
+)]
+pub enum Object {
+    /// A GatewayClass.
+    GatewayClass(GatewayClass),
+    /// A Gateway.
+    Gateway(Gateway),
+    /// An HTTPRoute.
+    HTTPRoute(HTTPRoute),
+    /// A GRPCRoute.
+    GRPCRoute(GRPCRoute),
+    /// A TLSRoute.
+    TLSRoute(TLSRoute),
+    /// A TCPRoute.
+    TCPRoute(TCPRoute),
+    /// A UDPRoute.
+    UDPRoute(UDPRoute),
+    /// A ReferenceGrant.
+    ReferenceGrant(ReferenceGrant),
+    /// A Service.
+    Service(Service),
+    /// An EndpointSlice.
+    EndpointSlice(EndpointSlice),
+    /// A Namespace.
+    Namespace(Namespace),
+    /// A Secret.
+    Secret(Secret),
+}
+
+impl Object {
+    /// The object's kind.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Object::GatewayClass(_) => Kind::GatewayClass,
+            Object::Gateway(_) => Kind::Gateway,
+            Object::HTTPRoute(_) => Kind::HTTPRoute,
+            Object::GRPCRoute(_) => Kind::GRPCRoute,
+            Object::TLSRoute(_) => Kind::TLSRoute,
+            Object::TCPRoute(_) => Kind::TCPRoute,
+            Object::UDPRoute(_) => Kind::UDPRoute,
+            Object::ReferenceGrant(_) => Kind::ReferenceGrant,
+            Object::Service(_) => Kind::Service,
+            Object::EndpointSlice(_) => Kind::EndpointSlice,
+            Object::Namespace(_) => Kind::Namespace,
+            Object::Secret(_) => Kind::Secret,
+        }
+    }
+
+    /// The object's metadata.
+    pub fn meta(&self) -> &ObjectMeta {
+        match self {
+            Object::GatewayClass(o) => &o.metadata,
+            Object::Gateway(o) => &o.metadata,
+            Object::HTTPRoute(o) => &o.metadata,
+            Object::GRPCRoute(o) => &o.metadata,
+            Object::TLSRoute(o) => &o.metadata,
+            Object::TCPRoute(o) => &o.metadata,
+            Object::UDPRoute(o) => &o.metadata,
+            Object::ReferenceGrant(o) => &o.metadata,
+            Object::Service(o) => &o.metadata,
+            Object::EndpointSlice(o) => &o.metadata,
+            Object::Namespace(o) => &o.metadata,
+            Object::Secret(o) => &o.metadata,
+        }
+    }
+
+    /// (kind, namespace, name); cluster-scoped kinds have an empty namespace.
+    pub fn key(&self) -> ObjectKey {
+        let meta = self.meta();
+        let cluster_scoped = matches!(self.kind(), Kind::GatewayClass | Kind::Namespace);
+        ObjectKey {
+            kind: self.kind(),
+            namespace: if cluster_scoped {
+                String::new()
+            } else {
+                meta.namespace.clone().unwrap_or_else(|| "default".into())
+            },
+            name: meta.name.clone().unwrap_or_default(),
+        }
+    }
+}
+
+/// Identifies an object.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub struct ObjectKey {
+    /// Its kind.
+    pub kind: Kind,
+    /// Its namespace ("" for cluster-scoped kinds).
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+}
+
+/// A snapshot of every input object.
+#[derive(Debug, Clone, Default)]
+pub struct Objects {
+    map: BTreeMap<ObjectKey, Object>,
+}
+
+impl Objects {
+    /// Adds or replaces an object; an object without a namespace is put in `default`.
+    pub fn insert(&mut self, object: Object) {
+        self.map.insert(object.key(), object);
+    }
+
+    /// Removes an object.
+    pub fn remove(&mut self, key: &ObjectKey) -> Option<Object> {
+        self.map.remove(key)
+    }
+
+    /// Looks an object up.
+    pub fn get(&self, kind: Kind, namespace: &str, name: &str) -> Option<&Object> {
+        self.map.get(&ObjectKey {
+            kind,
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        })
+    }
+
+    /// How many objects there are.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Every object, in key order.
+    pub fn iter(&self) -> impl Iterator<Item = &Object> {
+        self.map.values()
+    }
+
+    /// Every object of one kind, in (namespace, name) order.
+    pub fn of_kind(&self, kind: Kind) -> impl Iterator<Item = &Object> {
+        self.map
+            .range(
+                ObjectKey {
+                    kind,
+                    namespace: String::new(),
+                    name: String::new(),
+                }..,
+            )
+            .take_while(move |(k, _)| k.kind == kind)
+            .map(|(_, v)| v)
+    }
+}
+
+/// The namespace of an object's metadata, `default` when unset.
+pub fn namespace_of(meta: &ObjectMeta) -> &str {
+    meta.namespace.as_deref().unwrap_or("default")
+}
+
+/// The name of an object's metadata.
+pub fn name_of(meta: &ObjectMeta) -> &str {
+    meta.name.as_deref().unwrap_or_default()
+}

@@ -1,0 +1,512 @@
+//! Routes of every kind in one shape, and HTTPRoute/GRPCRoute rules compiled into [`HttpRule`]s.
+//!
+//! The generated Gateway API structs differ per kind but serialise to the same JSON; rules are
+//! read through that JSON so one piece of code serves HTTP, gRPC and per-backend filters.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::{
+    compile::{RouteView, created, ns_name, parent_refs},
+    http::{
+        Backend, Cors, Fallback, Filter, HeaderModifier, HttpRule, Matcher, OrderKey, PathMatch,
+        PathModifier, Retry, Timeouts, ValueMatch,
+    },
+    objects::{Kind, Object, Objects},
+    refs::{BackendRef, RefProblem, resolve_backend},
+};
+
+/// The rules of a route, by family.
+pub(crate) enum RouteRules {
+    /// HTTPRoute rules as JSON.
+    Http(Vec<Value>),
+    /// GRPCRoute rules as JSON.
+    Grpc(Vec<Value>),
+    /// TCP/UDP/TLS routes: the backendRefs of every rule (the spec allows one rule in practice).
+    L4(Vec<BackendRef>),
+}
+
+/// The version under which each kind's status is written.
+pub(crate) fn served_version(kind: Kind) -> &'static str {
+    match kind {
+        Kind::TCPRoute | Kind::UDPRoute => "v1alpha2",
+        _ => "v1",
+    }
+}
+
+fn json_rules<T: serde::Serialize>(rules: &[T]) -> Vec<Value> {
+    rules
+        .iter()
+        .filter_map(|r| serde_json::to_value(r).ok())
+        .collect()
+}
+
+fn l4_refs<T: serde::Serialize>(rules: &[T]) -> Vec<BackendRef> {
+    json_rules(rules)
+        .iter()
+        .flat_map(|r| r["backendRefs"].as_array().cloned().unwrap_or_default())
+        .filter_map(|b| serde_json::from_value(b).ok())
+        .collect()
+}
+
+/// Every route in the objects, in kind/namespace/name order.
+pub(crate) fn collect(objects: &Objects) -> Vec<RouteView> {
+    let mut out = Vec::new();
+    for o in objects.iter() {
+        let (kind, meta, parents, hostnames, rules) = match o {
+            Object::HTTPRoute(r) => (
+                Kind::HTTPRoute,
+                &r.metadata,
+                parent_refs(r.spec.parent_refs.as_ref()),
+                r.spec.hostnames.clone().unwrap_or_default(),
+                RouteRules::Http(json_rules(r.spec.rules.as_deref().unwrap_or_default())),
+            ),
+            Object::GRPCRoute(r) => (
+                Kind::GRPCRoute,
+                &r.metadata,
+                parent_refs(r.spec.parent_refs.as_ref()),
+                r.spec.hostnames.clone().unwrap_or_default(),
+                RouteRules::Grpc(json_rules(r.spec.rules.as_deref().unwrap_or_default())),
+            ),
+            Object::TLSRoute(r) => (
+                Kind::TLSRoute,
+                &r.metadata,
+                parent_refs(r.spec.parent_refs.as_ref()),
+                r.spec.hostnames.clone(),
+                RouteRules::L4(l4_refs(&r.spec.rules)),
+            ),
+            Object::TCPRoute(r) => (
+                Kind::TCPRoute,
+                &r.metadata,
+                parent_refs(r.spec.parent_refs.as_ref()),
+                Vec::new(),
+                RouteRules::L4(l4_refs(&r.spec.rules)),
+            ),
+            Object::UDPRoute(r) => (
+                Kind::UDPRoute,
+                &r.metadata,
+                parent_refs(r.spec.parent_refs.as_ref()),
+                Vec::new(),
+                RouteRules::L4(l4_refs(&r.spec.rules)),
+            ),
+            _ => continue,
+        };
+        let (namespace, name) = ns_name(meta);
+        out.push(RouteView {
+            kind,
+            namespace,
+            name,
+            created: created(meta),
+            generation: meta.generation,
+            parent_refs: parents,
+            hostnames,
+            rules,
+        });
+    }
+    out
+}
+
+fn s(v: &Value) -> Option<String> {
+    v.as_str().map(str::to_string)
+}
+
+/// A reason the route cannot be accepted at all (Accepted=False, UnsupportedValue): an invalid
+/// regular expression, an unsupported filter type, a malformed duration.
+pub(crate) fn unsupported_value(r: &RouteView) -> Option<String> {
+    let rules = match &r.rules {
+        RouteRules::Http(rules) | RouteRules::Grpc(rules) => rules,
+        RouteRules::L4(_) => return None,
+    };
+    for (i, rule) in rules.iter().enumerate() {
+        let grpc = matches!(r.rules, RouteRules::Grpc(_));
+        for m in rule["matches"].as_array().into_iter().flatten() {
+            if let Err(e) = matcher(m, grpc) {
+                return Some(format!("rule {i}: {e}"));
+            }
+        }
+        let mut filters: Vec<&Value> = rule["filters"].as_array().into_iter().flatten().collect();
+        for b in rule["backendRefs"].as_array().into_iter().flatten() {
+            filters.extend(b["filters"].as_array().into_iter().flatten());
+        }
+        for f in filters {
+            if let Err(e) = filter_type_supported(f) {
+                return Some(format!("rule {i}: {e}"));
+            }
+        }
+        for key in ["request", "backendRequest"] {
+            if let Some(d) = rule["timeouts"][key].as_str()
+                && parse_duration(d).is_none()
+            {
+                return Some(format!(
+                    "rule {i}: timeouts.{key} {d:?} is not a Gateway API duration"
+                ));
+            }
+        }
+    }
+    None
+}
+
+fn filter_type_supported(f: &Value) -> Result<(), String> {
+    match f["type"].as_str().unwrap_or_default() {
+        "RequestHeaderModifier"
+        | "ResponseHeaderModifier"
+        | "RequestRedirect"
+        | "URLRewrite"
+        | "RequestMirror"
+        | "CORS" => Ok(()),
+        "ExtensionRef" => Err("ExtensionRef filters are not supported by nodegate".into()),
+        other => Err(format!("filter type {other} is not supported")),
+    }
+}
+
+/// Gateway API durations: `^([0-9]{1,5}(h|m|s|ms)){1,4}$`.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let d: gateway_api::duration::Duration = s.parse().ok()?;
+    Some(Duration::from_millis(u64::try_from(d.as_millis()).ok()?))
+}
+
+fn value_match(v: &Value) -> Result<(String, ValueMatch), String> {
+    let name = s(&v["name"]).ok_or("match without a name")?;
+    let value = s(&v["value"]).unwrap_or_default();
+    let m = match v["type"].as_str().unwrap_or("Exact") {
+        "Exact" => ValueMatch::Exact(value),
+        "RegularExpression" => ValueMatch::Regex(
+            regex::Regex::new(&value)
+                .map_err(|e| format!("invalid regular expression {value:?}: {e}"))?,
+        ),
+        other => return Err(format!("match type {other} is not supported")),
+    };
+    Ok((name, m))
+}
+
+/// Compiles one HTTPRouteMatch (or GRPCRouteMatch) into a [`Matcher`] and its precedence fields.
+fn matcher(m: &Value, grpc: bool) -> Result<(Matcher, u8, usize), String> {
+    let (path, kind, len) = if grpc {
+        grpc_path(&m["method"])?
+    } else {
+        let ty = m["path"]["type"].as_str().unwrap_or("PathPrefix");
+        let value = m["path"]["value"].as_str().unwrap_or("/").to_string();
+        let len = value.len();
+        match ty {
+            "Exact" => (PathMatch::Exact(value), 0, len),
+            "PathPrefix" => (PathMatch::Prefix(value), 1, len),
+            "RegularExpression" => (
+                PathMatch::Regex(
+                    regex::Regex::new(&value)
+                        .map_err(|e| format!("invalid path regular expression {value:?}: {e}"))?,
+                ),
+                2,
+                len,
+            ),
+            other => return Err(format!("path match type {other} is not supported")),
+        }
+    };
+    let mut headers = Vec::new();
+    for h in m["headers"].as_array().into_iter().flatten() {
+        let (name, v) = value_match(h)?;
+        headers.push((name.to_ascii_lowercase(), v));
+    }
+    let mut query = Vec::new();
+    for q in m["queryParams"].as_array().into_iter().flatten() {
+        query.push(value_match(q)?);
+    }
+    Ok((
+        Matcher {
+            path,
+            headers,
+            query,
+            method: s(&m["method"]).filter(|_| !grpc),
+        },
+        kind,
+        len,
+    ))
+}
+
+/// GRPCRoute method matches as HTTP/2 paths `/{service}/{method}`.
+fn grpc_path(method: &Value) -> Result<(PathMatch, u8, usize), String> {
+    let service = s(&method["service"]);
+    let name = s(&method["method"]);
+    let len = service.as_deref().map_or(0, str::len) + name.as_deref().map_or(0, str::len);
+    match method["type"].as_str().unwrap_or("Exact") {
+        "Exact" => Ok(match (service, name) {
+            (Some(svc), Some(m)) => (PathMatch::Exact(format!("/{svc}/{m}")), 0, len),
+            (Some(svc), None) => (PathMatch::Prefix(format!("/{svc}")), 1, len),
+            (None, Some(m)) => (
+                PathMatch::Regex(
+                    regex::Regex::new(&format!("/[^/]+/{}", regex::escape(&m)))
+                        .map_err(|e| e.to_string())?,
+                ),
+                2,
+                len,
+            ),
+            (None, None) => (PathMatch::Prefix("/".into()), 1, 0),
+        }),
+        "RegularExpression" => {
+            let svc = service.unwrap_or_else(|| "[^/]+".into());
+            let m = name.unwrap_or_else(|| "[^/]+".into());
+            let re = regex::Regex::new(&format!("/(?:{svc})/(?:{m})"))
+                .map_err(|e| format!("invalid gRPC method regular expression: {e}"))?;
+            Ok((PathMatch::Regex(re), 2, len))
+        }
+        other => Err(format!("gRPC method match type {other} is not supported")),
+    }
+}
+
+fn header_modifier(v: &Value) -> HeaderModifier {
+    let pairs = |key: &str| {
+        v[key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| Some((s(&p["name"])?, s(&p["value"]).unwrap_or_default())))
+            .collect()
+    };
+    HeaderModifier {
+        set: pairs("set"),
+        add: pairs("add"),
+        remove: v["remove"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(s)
+            .collect(),
+    }
+}
+
+fn path_modifier(v: &Value) -> Option<PathModifier> {
+    match v["type"].as_str()? {
+        "ReplaceFullPath" => Some(PathModifier::ReplaceFullPath(
+            s(&v["replaceFullPath"]).unwrap_or_default(),
+        )),
+        "ReplacePrefixMatch" => Some(PathModifier::ReplacePrefixMatch(
+            s(&v["replacePrefixMatch"]).unwrap_or_default(),
+        )),
+        _ => None,
+    }
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array().into_iter().flatten().filter_map(s).collect()
+}
+
+/// A typed filter; None for types `unsupported_value` already refused.
+fn filter(
+    objects: &Objects,
+    r: &RouteView,
+    f: &Value,
+    problem: &mut Option<RefProblem>,
+) -> Option<Filter> {
+    Some(match f["type"].as_str()? {
+        "RequestHeaderModifier" => {
+            Filter::RequestHeaderModifier(header_modifier(&f["requestHeaderModifier"]))
+        }
+        "ResponseHeaderModifier" => {
+            Filter::ResponseHeaderModifier(header_modifier(&f["responseHeaderModifier"]))
+        }
+        "RequestRedirect" => {
+            let v = &f["requestRedirect"];
+            Filter::RequestRedirect {
+                scheme: s(&v["scheme"]),
+                hostname: s(&v["hostname"]),
+                port: v["port"].as_u64().and_then(|p| u16::try_from(p).ok()),
+                path: path_modifier(&v["path"]),
+                status: v["statusCode"]
+                    .as_u64()
+                    .and_then(|c| u16::try_from(c).ok())
+                    .unwrap_or(302),
+            }
+        }
+        "URLRewrite" => {
+            let v = &f["urlRewrite"];
+            Filter::UrlRewrite {
+                hostname: s(&v["hostname"]),
+                path: path_modifier(&v["path"]),
+            }
+        }
+        "RequestMirror" => {
+            let v = &f["requestMirror"];
+            let br: BackendRef = serde_json::from_value(v["backendRef"].clone()).ok()?;
+            let percent = if let Some(p) = v["percent"].as_f64() {
+                p
+            } else if let Some(n) = v["fraction"]["numerator"].as_f64() {
+                100.0 * n
+                    / v["fraction"]["denominator"]
+                        .as_f64()
+                        .unwrap_or(100.0)
+                        .max(1.0)
+            } else {
+                100.0
+            };
+            Filter::RequestMirror {
+                backend: backend(objects, r, &br, Vec::new(), problem),
+                percent,
+            }
+        }
+        "CORS" => {
+            let v = &f["cors"];
+            Filter::Cors(Cors {
+                allow_origins: strings(&v["allowOrigins"]),
+                allow_methods: strings(&v["allowMethods"]),
+                allow_headers: strings(&v["allowHeaders"]),
+                expose_headers: strings(&v["exposeHeaders"]),
+                allow_credentials: v["allowCredentials"].as_bool().unwrap_or(false),
+                max_age: v["maxAge"].as_u64().and_then(|m| u32::try_from(m).ok()),
+            })
+        }
+        _ => return None,
+    })
+}
+
+fn backend(
+    objects: &Objects,
+    r: &RouteView,
+    br: &BackendRef,
+    filters: Vec<Filter>,
+    problem: &mut Option<RefProblem>,
+) -> Backend {
+    let weight = u32::try_from(br.weight.unwrap_or(1)).unwrap_or(0);
+    match resolve_backend(objects, r.kind.as_str(), &r.namespace, br) {
+        Ok(svc) => Backend {
+            name: svc.name,
+            weight,
+            endpoints: svc.endpoints,
+            h2c: svc.h2c || r.kind == Kind::GRPCRoute,
+            filters,
+            resolved: true,
+        },
+        Err(p) => {
+            let name = format!(
+                "{}/{}",
+                br.namespace.as_deref().unwrap_or(&r.namespace),
+                br.name
+            );
+            problem.get_or_insert(p);
+            Backend {
+                name,
+                weight,
+                endpoints: Vec::new(),
+                h2c: false,
+                filters,
+                resolved: false,
+            }
+        }
+    }
+}
+
+/// The first unresolved backendRef of a route, for its ResolvedRefs condition.
+pub(crate) fn first_ref_problem(objects: &Objects, r: &RouteView) -> Option<RefProblem> {
+    let refs: Vec<BackendRef> = match &r.rules {
+        RouteRules::L4(refs) => refs.clone(),
+        RouteRules::Http(rules) | RouteRules::Grpc(rules) => rules
+            .iter()
+            .flat_map(|rule| rule["backendRefs"].as_array().cloned().unwrap_or_default())
+            .filter_map(|b| serde_json::from_value(b).ok())
+            .collect(),
+    };
+    refs.iter()
+        .find_map(|br| resolve_backend(objects, r.kind.as_str(), &r.namespace, br).err())
+}
+
+/// The HTTP rules of an HTTPRoute or GRPCRoute: one per (rule, match).
+pub(crate) fn http_rules(
+    objects: &Objects,
+    r: &RouteView,
+    problem: &mut Option<RefProblem>,
+) -> Vec<HttpRule> {
+    let (rules, grpc) = match &r.rules {
+        RouteRules::Http(rules) => (rules, false),
+        RouteRules::Grpc(rules) => (rules, true),
+        RouteRules::L4(_) => return Vec::new(),
+    };
+    let mut out = Vec::new();
+    for (ri, rule) in rules.iter().enumerate() {
+        let filters: Vec<Filter> = rule["filters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|f| filter(objects, r, f, problem))
+            .collect();
+        let backends: Vec<Backend> = rule["backendRefs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|b| {
+                let br: BackendRef = serde_json::from_value(b.clone()).ok()?;
+                let own: Vec<Filter> = b["filters"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|f| filter(objects, r, f, problem))
+                    .collect();
+                Some(backend(objects, r, &br, own, problem))
+            })
+            .collect();
+        let redirects = filters
+            .iter()
+            .any(|f| matches!(f, Filter::RequestRedirect { .. }));
+        let usable = backends.iter().any(|b| b.weight > 0 && b.resolved);
+        let fallback = if usable || redirects {
+            Fallback::Forward
+        } else {
+            Fallback::InternalError
+        };
+        let timeouts = Timeouts {
+            request: rule["timeouts"]["request"]
+                .as_str()
+                .and_then(parse_duration)
+                .filter(|d| !d.is_zero()),
+            backend_request: rule["timeouts"]["backendRequest"]
+                .as_str()
+                .and_then(parse_duration)
+                .filter(|d| !d.is_zero()),
+        };
+        let retry = rule.get("retry").filter(|v| !v.is_null()).map(|v| Retry {
+            codes: v["codes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c.as_u64())
+                .filter_map(|c| u16::try_from(c).ok())
+                .collect(),
+            attempts: v["attempts"]
+                .as_u64()
+                .and_then(|a| u32::try_from(a).ok())
+                .unwrap_or(1),
+            backoff: v["backoff"].as_str().and_then(parse_duration),
+        });
+        let default_match = [serde_json::json!({})];
+        let matches = rule["matches"]
+            .as_array()
+            .map(Vec::as_slice)
+            .filter(|m| !m.is_empty())
+            .unwrap_or(&default_match);
+        for (mi, m) in matches.iter().enumerate() {
+            let Ok((matcher, path_kind, path_len)) = matcher(m, grpc) else {
+                continue;
+            };
+            out.push(HttpRule {
+                route: format!("{} {}", r.kind.as_str(), r.id()),
+                rule: ri,
+                order: OrderKey {
+                    path_kind,
+                    path_len,
+                    has_method: matcher.method.is_some(),
+                    headers: matcher.headers.len(),
+                    query: matcher.query.len(),
+                    created: r.created.clone(),
+                    route_name: r.id(),
+                    position: (ri, mi),
+                },
+                matcher,
+                filters: filters.clone(),
+                backends: backends.clone(),
+                fallback,
+                timeouts,
+                retry: retry.clone(),
+                grpc,
+            });
+        }
+    }
+    out
+}
