@@ -1,13 +1,23 @@
 //! gateway-agent: nodegate's per-node daemon.
 
 mod admin;
+mod bridge;
+mod check;
 mod cli;
 mod dataplane;
 mod metrics;
+mod snapshot;
+mod source;
+
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser as _;
+use gateway_model::CompileOptions;
+use tokio::sync::{Mutex, watch};
 use tracing_subscriber::EnvFilter;
+
+use crate::{snapshot::Snapshot, source::file::ConfigDir};
 
 fn main() -> anyhow::Result<()> {
     let cli = cli::Cli::parse();
@@ -24,16 +34,35 @@ fn main() -> anyhow::Result<()> {
                 .build()?;
             rt.block_on(run(args))
         }
-        cli::Command::Check(args) => check(args),
+        cli::Command::Check(args) => check::run(&args),
+    }
+}
+
+/// The compile options both `run` and `check` use.
+pub fn compile_options(bind_address: std::net::IpAddr) -> CompileOptions {
+    CompileOptions {
+        default_bind_address: bind_address,
+        transition_time: humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+            .to_string(),
+        ..CompileOptions::default()
     }
 }
 
 async fn run(args: cli::RunArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        !args.source.kube,
-        "--kube is not implemented yet; use --config-dir"
-    );
-    let dataplane = std::sync::Arc::new(tokio::sync::Mutex::new(
+    let Some(dir) = args.source.config_dir.clone() else {
+        anyhow::bail!("--kube is not available yet (issue 8); use --config-dir");
+    };
+    let mut config = ConfigDir::default();
+    let reading = config.read(&dir)?;
+    log_file_errors(&reading.errors);
+    let first = Arc::new(Snapshot::compile(
+        1,
+        reading,
+        &compile_options(args.bind_address),
+    ));
+    let (snapshots, mut updates) = watch::channel(first.clone());
+
+    let dataplane = Arc::new(Mutex::new(
         dataplane::Dataplane::start(&dataplane::Options {
             interfaces: args.interfaces.clone(),
             attach: args.attach,
@@ -41,13 +70,68 @@ async fn run(args: cli::RunArgs) -> anyhow::Result<()> {
         })
         .await?,
     ));
-    let admin = admin::serve(args.admin_address, dataplane.clone()).await?;
+    dataplane
+        .lock()
+        .await
+        .set_listeners(&bridge::l4_listeners(&first.model))
+        .context("programming the first model")?;
+
+    // Consumer: the data plane follows every new snapshot; a failed apply keeps the last good maps.
+    let dp = dataplane.clone();
+    let dataplane_task = tokio::spawn(async move {
+        while updates.changed().await.is_ok() {
+            let snap = updates.borrow_and_update().clone();
+            if let Err(e) = dp
+                .lock()
+                .await
+                .set_listeners(&bridge::l4_listeners(&snap.model))
+            {
+                tracing::error!(generation = snap.generation, error = %format!("{e:#}"),
+                    "data plane update failed; keeping the previous maps");
+            } else {
+                tracing::info!(generation = snap.generation, "data plane updated");
+            }
+        }
+    });
+
+    // Source: re-read and recompile on every (debounced) change under the directory.
+    let admin_snapshots = snapshots.subscribe();
+    let (_watcher, mut changes) = source::file::watch(&dir)?;
+    let bind_address = args.bind_address;
+    let source_task = tokio::spawn(async move {
+        let mut generation = 1;
+        while changes.recv().await.is_some() {
+            match config.read(&dir) {
+                Ok(reading) => {
+                    log_file_errors(&reading.errors);
+                    generation += 1;
+                    let snap =
+                        Snapshot::compile(generation, reading, &compile_options(bind_address));
+                    tracing::info!(generation, "configuration reloaded");
+                    let _ = snapshots.send(Arc::new(snap));
+                }
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "reading the config directory failed; keeping the last model")
+                }
+            }
+        }
+    });
+
+    let admin = admin::serve(args.admin_address, dataplane.clone(), admin_snapshots).await?;
     tracing::info!(admin = %args.admin_address, "agent ready");
     shutdown_signal().await;
     tracing::info!("shutting down");
+    source_task.abort();
+    dataplane_task.abort();
     admin.abort();
     dataplane.lock().await.shutdown();
     Ok(())
+}
+
+fn log_file_errors(errors: &[source::file::FileError]) {
+    for e in errors {
+        tracing::error!(file = %e.path.display(), line = ?e.line, "{}", e.message);
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.
@@ -59,8 +143,4 @@ async fn shutdown_signal() {
         _ = term.recv() => {},
         _ = int.recv() => {},
     }
-}
-
-fn check(_args: cli::CheckArgs) -> anyhow::Result<()> {
-    anyhow::bail!("check: not implemented yet")
 }

@@ -7,7 +7,12 @@ use prometheus_client::{
     registry::Registry,
 };
 
+use gateway_common::counters::TrafficCounters;
+
 use crate::dataplane::DataplaneStats;
+
+/// A counter family: name, help, and which field of the counters it reads.
+type Family = (&'static str, &'static str, fn(&TrafficCounters) -> u64);
 
 /// A snapshot of kernel counters, encoded on scrape.
 #[derive(Debug)]
@@ -15,11 +20,7 @@ struct KernelCounters(DataplaneStats);
 
 impl Collector for KernelCounters {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let families: [(
-            &str,
-            &str,
-            fn(&gateway_common::counters::TrafficCounters) -> u64,
-        ); 2] = [
+        let families: [Family; 2] = [
             (
                 "nodegate_listener_packets",
                 "Packets seen by the L4 programs per listener.",
@@ -50,11 +51,7 @@ impl Collector for KernelCounters {
                 ConstCounter::new(field(&l.counters)).encode(family.encode_family(&labels)?)?;
             }
         }
-        let drop_families: [(
-            &str,
-            &str,
-            fn(&gateway_common::counters::TrafficCounters) -> u64,
-        ); 2] = [
+        let drop_families: [Family; 2] = [
             (
                 "nodegate_dropped_packets",
                 "Packets the L4 programs dropped, per reason.",

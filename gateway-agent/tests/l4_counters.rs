@@ -59,8 +59,11 @@ fn pinned_packets(bpffs: &std::path::Path) -> u64 {
     let v: serde_json::Value = serde_json::from_str(&json).expect("bpftool JSON");
     let mut total = 0;
     for entry in v.as_array().expect("array of entries") {
-        for per_cpu in entry["values"].as_array().expect("per-CPU values") {
-            // BTF gives the value its field names; without BTF bpftool prints raw bytes.
+        // With BTF, bpftool adds a "formatted" rendering with the field names.
+        for per_cpu in entry["formatted"]["values"]
+            .as_array()
+            .expect("BTF-formatted per-CPU values")
+        {
             total += per_cpu["value"]["packets"]
                 .as_u64()
                 .expect("a named `packets` field (BTF)");
@@ -76,8 +79,16 @@ fn counts_packets_per_listener(attach: &str) {
         ConfigDir::new(&format!("cnt-{attach}"), &[("gateway.yaml", GATEWAY_YAML)]).unwrap();
     let mut agent = Agent::start(&topo, &bpffs, config.path(), attach).expect("agent starts");
 
-    let prog_ids = support::attached_prog_ids(&topo.gateway).unwrap();
-    assert!(!prog_ids.is_empty(), "no program attached in {attach} mode");
+    let bpffs_path = bpffs.path().to_path_buf();
+    let prog_ids = agent.program_ids().unwrap();
+    assert_eq!(prog_ids.len(), 1, "one interface attached in {attach} mode");
+    for id in &prog_ids {
+        let shown = testbed::sh("bpftool", &["prog", "show", "id", &id.to_string()]).unwrap();
+        assert!(
+            shown.contains("nodegate_"),
+            "program {id} is nodegate's: {shown}"
+        );
+    }
     assert_eq!(pinned_packets(&agent.bpffs), 0, "counters start at zero");
 
     topo.client
@@ -149,12 +160,12 @@ fn counts_packets_per_listener(attach: &str) {
             "program {id} still loaded after SIGTERM"
         );
     }
-    assert!(
-        support::attached_prog_ids(&topo.gateway)
-            .unwrap()
-            .is_empty(),
-        "nothing stays attached after SIGTERM"
-    );
+    for map in ["LISTENERS", "LISTENER_STATS", "DROP_STATS"] {
+        assert!(
+            !bpffs_path.join(map).exists(),
+            "pin {map} removed on SIGTERM"
+        );
+    }
 }
 
 #[test]
@@ -224,15 +235,23 @@ fn malformed_frames_are_dropped_counted_and_logged() {
 
     testbed::wait_for(Duration::from_secs(5), "truncated frames counted", || {
         let m = agent.metrics().ok()?;
-        let n = testbed::metric_value(&m, "nodegate_dropped_packets_total", &[("reason", "truncated")])?;
+        let n = testbed::metric_value(
+            &m,
+            "nodegate_dropped_packets_total",
+            &[("reason", "truncated")],
+        )?;
         (n >= 3.0).then_some(())
     })
     .expect("drop counter");
-    testbed::wait_for(Duration::from_secs(5), "the kernel's log record in the agent log", || {
-        agent
-            .log()
-            .contains("dropped a malformed packet")
-            .then_some(())
-    })
+    testbed::wait_for(
+        Duration::from_secs(5),
+        "the kernel's log record in the agent log",
+        || {
+            agent
+                .log()
+                .contains("dropped a malformed packet")
+                .then_some(())
+        },
+    )
     .expect("aya-log record forwarded");
 }

@@ -101,6 +101,16 @@ impl Netns {
         sh("ip", &full)
     }
 
+    /// The MAC address of `iface` in this namespace.
+    pub fn mac(&self, iface: &str) -> anyhow::Result<String> {
+        let out = self.ip(&["-o", "link", "show", iface])?;
+        out.split_whitespace()
+            .skip_while(|w| *w != "link/ether")
+            .nth(1)
+            .map(str::to_string)
+            .with_context(|| format!("no MAC address on {iface} in {}", self.name))
+    }
+
     /// Runs `program args` inside the namespace and fails on a non-zero exit.
     pub fn exec(&self, program: &str, args: &[&str]) -> anyhow::Result<String> {
         let mut full = vec!["netns", "exec", &self.name, program];
@@ -200,6 +210,14 @@ impl Topology {
         for ns in [&self.client, &self.gateway, &self.backend] {
             sh("ip", &["netns", "add", &ns.name])?;
             ns.ip(&["link", "set", "lo", "up"])?;
+            // No duplicate address detection: link-local addresses would stay tentative for a
+            // second or two after the links come up, and neighbour discovery fails meanwhile.
+            for key in ["all", "default"] {
+                ns.exec(
+                    "sysctl",
+                    &["-qw", &format!("net.ipv6.conf.{key}.accept_dad=0")],
+                )?;
+            }
         }
         sh(
             "ip",
@@ -238,8 +256,13 @@ impl Topology {
         let gw = &self.gateway;
         gw.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
         gw.exec("sysctl", &["-qw", "net.ipv6.conf.all.forwarding=1"])?;
-        let addr =
-            |ns: &Netns, iface: &str, a: &str| ns.ip(&["addr", "add", a, "dev", iface, "nodad"]);
+        let addr = |ns: &Netns, iface: &str, a: &str| {
+            if a.contains(':') {
+                ns.ip(&["addr", "add", a, "dev", iface, "nodad"])
+            } else {
+                ns.ip(&["addr", "add", a, "dev", iface])
+            }
+        };
         addr(gw, GATEWAY_CLIENT_IFACE, &format!("{GATEWAY_V4}/24"))?;
         addr(gw, GATEWAY_CLIENT_IFACE, &format!("{GATEWAY_V6}/64"))?;
         addr(
@@ -295,6 +318,55 @@ impl Topology {
             "via",
             &GATEWAY_BACKEND_SIDE_V6.to_string(),
         ])?;
+        // Permanent neighbour entries: no address-resolution race right after the links come up
+        // (and bpf_fib_lookup in the gateway always finds a next hop).
+        let client_mac = self.client.mac("eth0")?;
+        let backend_mac = self.backend.mac("eth0")?;
+        let gw_client_mac = gw.mac(GATEWAY_CLIENT_IFACE)?;
+        let gw_backend_mac = gw.mac(GATEWAY_BACKEND_IFACE)?;
+        let neigh = |ns: &Netns, ip: String, mac: &str, dev: &str| {
+            ns.ip(&[
+                "neigh",
+                "replace",
+                &ip,
+                "lladdr",
+                mac,
+                "dev",
+                dev,
+                "nud",
+                "permanent",
+            ])
+        };
+        neigh(&self.client, GATEWAY_V4.to_string(), &gw_client_mac, "eth0")?;
+        neigh(&self.client, GATEWAY_V6.to_string(), &gw_client_mac, "eth0")?;
+        neigh(gw, CLIENT_V4.to_string(), &client_mac, GATEWAY_CLIENT_IFACE)?;
+        neigh(gw, CLIENT_V6.to_string(), &client_mac, GATEWAY_CLIENT_IFACE)?;
+        neigh(
+            &self.backend,
+            GATEWAY_BACKEND_SIDE_V4.to_string(),
+            &gw_backend_mac,
+            "eth0",
+        )?;
+        neigh(
+            &self.backend,
+            GATEWAY_BACKEND_SIDE_V6.to_string(),
+            &gw_backend_mac,
+            "eth0",
+        )?;
+        for i in 0..backends.max(1) {
+            neigh(
+                gw,
+                backend_v4(i).to_string(),
+                &backend_mac,
+                GATEWAY_BACKEND_IFACE,
+            )?;
+            neigh(
+                gw,
+                backend_v6(i).to_string(),
+                &backend_mac,
+                GATEWAY_BACKEND_IFACE,
+            )?;
+        }
         Ok(())
     }
 }

@@ -45,6 +45,8 @@ pub struct Attachment {
     pub interface: String,
     /// How it is attached.
     pub mode: AttachedMode,
+    /// The kernel's id of the attached program (`bpftool prog show id N`).
+    pub program_id: u32,
     link: LinkId,
 }
 
@@ -86,6 +88,7 @@ pub fn attach_all(
         AttachMode::Xdp | AttachMode::XdpGeneric => {
             let program = xdp_program(ebpf)?;
             program.load().context("loading the XDP program")?;
+            let program_id = program.info()?.id();
             for iface in interfaces {
                 let attached = if mode == AttachMode::Xdp {
                     match program.attach(iface, XdpMode::Driver) {
@@ -112,6 +115,7 @@ pub fn attach_all(
                 out.push(Attachment {
                     interface: iface.clone(),
                     mode,
+                    program_id,
                     link: LinkId::Xdp(id),
                 });
             }
@@ -119,6 +123,7 @@ pub fn attach_all(
         AttachMode::Tc => {
             let program = tc_program(ebpf)?;
             program.load().context("loading the TC program")?;
+            let program_id = program.info()?.id();
             for iface in interfaces {
                 // EEXIST: the interface already has a clsact qdisc, which is what we need.
                 if let Err(e) = tc::qdisc_add_clsact(iface) {
@@ -131,6 +136,7 @@ pub fn attach_all(
                 out.push(Attachment {
                     interface: iface.clone(),
                     mode: AttachedMode::TcIngress,
+                    program_id,
                     link: LinkId::Tc(id),
                 });
             }

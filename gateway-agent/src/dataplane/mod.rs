@@ -13,8 +13,8 @@ use aya::{Ebpf, EbpfLoader};
 use gateway_common::map_names;
 
 pub use attach::Attachment;
-pub use listeners::ListenerEntry;
-pub use stats::{DataplaneStats, ListenerStats};
+pub use listeners::{ListenerEntry, Transport};
+pub use stats::DataplaneStats;
 
 use crate::cli::AttachMode;
 

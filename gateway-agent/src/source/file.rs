@@ -179,7 +179,8 @@ mod tests {
     const GATEWAY: &str = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata:\n  name: g\n  namespace: default\nspec:\n  gatewayClassName: nodegate\n  listeners:\n  - name: http\n    protocol: HTTP\n    port: 80\n";
 
     fn dir(tag: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("nodegate-filesource-{tag}-{}", std::process::id()));
+        let d =
+            std::env::temp_dir().join(format!("nodegate-filesource-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(d.join("sub")).unwrap();
         d
@@ -206,7 +207,11 @@ mod tests {
         assert_eq!(config.read(&d).unwrap().objects.len(), 2);
 
         // Line 4 loses its indentation: not valid YAML any more.
-        std::fs::write(d.join("a.yaml"), GATEWAY.replace("  name: g", "name: g\n  - :")).unwrap();
+        std::fs::write(
+            d.join("a.yaml"),
+            GATEWAY.replace("  name: g", "name: g\n  - :"),
+        )
+        .unwrap();
         let reading = config.read(&d).unwrap();
         assert_eq!(reading.objects.len(), 2, "a.yaml's last good Gateway stays");
         assert_eq!(reading.errors.len(), 1);

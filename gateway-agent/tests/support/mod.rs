@@ -67,11 +67,8 @@ impl Agent {
         config: &Path,
         attach: &str,
     ) -> anyhow::Result<Self> {
-        let log_path = std::env::temp_dir().join(format!(
-            "nodegate-agent-{}-{}.log",
-            topo.prefix(),
-            attach
-        ));
+        let log_path =
+            std::env::temp_dir().join(format!("nodegate-agent-{}-{}.log", topo.prefix(), attach));
         let log = std::fs::File::create(&log_path)?;
         let child = topo
             .gateway
@@ -158,35 +155,29 @@ impl Drop for Agent {
             let _ = child.wait();
         }
         if std::thread::panicking() {
-            eprintln!("---- agent log ({}) ----\n{}", self.log_path.display(), self.log());
+            eprintln!(
+                "---- agent log ({}) ----\n{}",
+                self.log_path.display(),
+                self.log()
+            );
         }
         let _ = std::fs::remove_file(&self.log_path);
     }
 }
 
-/// The id of the XDP or TC program attached to `iface` in `ns`, as `bpftool net` reports it.
-pub fn attached_prog_ids(ns: &testbed::Netns) -> anyhow::Result<Vec<u64>> {
-    let json = ns.exec("bpftool", &["-j", "net", "show"])?;
-    let v: serde_json::Value = serde_json::from_str(&json)?;
-    let mut ids = Vec::new();
-    collect_ids(&v, &mut ids);
-    Ok(ids)
-}
-
-fn collect_ids(v: &serde_json::Value, out: &mut Vec<u64>) {
-    match v {
-        serde_json::Value::Object(map) => {
-            for (k, val) in map {
-                if k == "id" {
-                    if let Some(id) = val.as_u64() {
-                        out.push(id);
-                    }
-                } else {
-                    collect_ids(val, out);
-                }
-            }
+impl Agent {
+    /// The ids of the programs the agent attached, from `/debug/dataplane`.
+    pub fn program_ids(&self) -> anyhow::Result<Vec<u64>> {
+        let (status, body) = self.get("/debug/dataplane")?;
+        if status != 200 {
+            bail!("/debug/dataplane answered {status}");
         }
-        serde_json::Value::Array(items) => items.iter().for_each(|i| collect_ids(i, out)),
-        _ => {}
+        let v: serde_json::Value = serde_json::from_str(&body)?;
+        Ok(v["attachments"]
+            .as_array()
+            .context("attachments")?
+            .iter()
+            .filter_map(|a| a["programId"].as_u64())
+            .collect())
     }
 }
