@@ -171,7 +171,8 @@ pub fn compile(objects: &Objects, opts: &CompileOptions) -> Compiled {
     );
     // Routes whose rules never reached a listener still report unresolved references.
     for (i, r) in routes.iter().enumerate() {
-        if rule_problems[i].is_none() {
+        let compiled_somewhere = outcomes[i].iter().any(|o| !o.attached.is_empty());
+        if rule_problems[i].is_none() && !compiled_somewhere {
             rule_problems[i] = routes::first_ref_problem(objects, r);
         }
     }
@@ -399,7 +400,7 @@ pub(crate) fn weighted_endpoints(
                 }
                 let n = u32::try_from(svc.endpoints.len()).unwrap_or(u32::MAX);
                 let each = (weight.saturating_mul(1000) / n).max(1);
-                for address in svc.endpoints {
+                for &address in svc.endpoints.iter() {
                     out.push(WeightedEndpoint {
                         address,
                         weight: each,
@@ -481,6 +482,7 @@ fn build_http(
                             address,
                             tls: tls.then(Vec::new),
                             hosts: Vec::new(),
+                            exact_hosts: Default::default(),
                         },
                         BTreeMap::new(),
                     )
@@ -513,6 +515,16 @@ fn build_http(
             })
             .collect();
         hosts.sort_by_key(|h| hostname::order_key(&h.hostname));
+        listener.exact_hosts = hosts
+            .iter()
+            .enumerate()
+            .filter_map(|(i, h)| {
+                h.hostname
+                    .as_ref()
+                    .filter(|n| !n.starts_with("*."))
+                    .map(|n| (n.clone(), i))
+            })
+            .collect();
         listener.hosts = hosts;
         model.http.push(listener);
     }

@@ -191,8 +191,9 @@ pub struct Backend {
     pub name: String,
     /// The backendRef's weight (0 never receives traffic).
     pub weight: u32,
-    /// Ready endpoints; empty for a resolved Service with no ready endpoint (→ 503).
-    pub endpoints: Vec<SocketAddr>,
+    /// Ready endpoints; empty for a resolved Service with no ready endpoint (→ 503). Shared by
+    /// every rule that uses the same Service port.
+    pub endpoints: std::sync::Arc<Vec<SocketAddr>>,
     /// Whether the upstream speaks HTTP/2 cleartext (appProtocol h2c / kubernetes.io/h2c, or gRPC).
     pub h2c: bool,
     /// Filters of this backendRef only.

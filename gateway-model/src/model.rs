@@ -80,6 +80,10 @@ pub struct HttpListener {
     pub tls: Option<Vec<Certificate>>,
     /// Virtual hosts in match order: exact hostnames, then wildcards longest first, then "any".
     pub hosts: Vec<VirtualHost>,
+    /// Exact hostname → index in `hosts`, so a request finds its host in O(1) however many
+    /// routes there are; wildcard and catch-all hosts are scanned after it.
+    #[serde(skip)]
+    pub exact_hosts: std::collections::HashMap<String, usize>,
 }
 
 /// The rules that serve one hostname pattern.
@@ -128,10 +132,16 @@ impl HttpListener {
     pub fn host_for(&self, host: &str) -> Option<&VirtualHost> {
         let host = strip_port(host).to_ascii_lowercase();
         let host = host.strip_suffix('.').unwrap_or(&host);
-        self.hosts.iter().find(|v| match &v.hostname {
-            None => true,
-            Some(h) => crate::hostname::matches(h, host),
-        })
+        if let Some(&i) = self.exact_hosts.get(host) {
+            return self.hosts.get(i);
+        }
+        let first_pattern = self.exact_hosts.len();
+        self.hosts[first_pattern.min(self.hosts.len())..]
+            .iter()
+            .find(|v| match &v.hostname {
+                None => true,
+                Some(h) => crate::hostname::matches(h, host),
+            })
     }
 
     /// The first rule that matches the request, in the spec's precedence order.

@@ -1,7 +1,7 @@
 //! The input snapshot: every object the sources read, keyed by kind, namespace and name. Sources
 //! fill it; only `compile` interprets it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use gateway_api::apis::experimental::{
     gatewayclasses::GatewayClass, gateways::Gateway, grpcroutes::GrpcRoute as GRPCRoute,
@@ -167,17 +167,129 @@ pub struct ObjectKey {
 #[derive(Debug, Clone, Default)]
 pub struct Objects {
     map: BTreeMap<ObjectKey, Object>,
+    /// (namespace, `kubernetes.io/service-name` label) → EndpointSlice names: kept on every
+    /// insert and remove so resolving a Service's endpoints never scans every slice.
+    slices_by_service: BTreeMap<(String, String), BTreeSet<String>>,
+    /// (namespace, service, port name) → resolved endpoints, filled by compiles and cleared when a
+    /// Service or EndpointSlice changes: a compile after a route-only change reuses it.
+    endpoint_cache: EndpointCache,
+}
+
+/// Memoised endpoint lists; shared lists so every rule using a Service holds one copy.
+#[derive(Debug, Default)]
+pub(crate) struct EndpointCache(
+    std::sync::Mutex<
+        std::collections::HashMap<
+            (String, String, String),
+            std::sync::Arc<Vec<std::net::SocketAddr>>,
+        >,
+    >,
+);
+
+impl Clone for EndpointCache {
+    fn clone(&self) -> Self {
+        EndpointCache::default()
+    }
+}
+
+/// The Service an EndpointSlice belongs to, by its `kubernetes.io/service-name` label.
+fn slice_owner(object: &Object) -> Option<(String, String)> {
+    let Object::EndpointSlice(slice) = object else {
+        return None;
+    };
+    let service = slice
+        .metadata
+        .labels
+        .as_ref()?
+        .get("kubernetes.io/service-name")?;
+    Some((namespace_of(&slice.metadata).to_string(), service.clone()))
 }
 
 impl Objects {
     /// Adds or replaces an object; an object without a namespace is put in `default`.
     pub fn insert(&mut self, object: Object) {
-        self.map.insert(object.key(), object);
+        let key = object.key();
+        self.invalidate(key.kind);
+        if let Some(owner) = slice_owner(&object) {
+            self.slices_by_service
+                .entry(owner)
+                .or_default()
+                .insert(key.name.clone());
+        }
+        if let Some(old) = self.map.insert(key.clone(), object) {
+            self.unindex(&key, &old);
+        }
     }
 
     /// Removes an object.
     pub fn remove(&mut self, key: &ObjectKey) -> Option<Object> {
-        self.map.remove(key)
+        let old = self.map.remove(key)?;
+        self.invalidate(key.kind);
+        self.unindex(key, &old);
+        Some(old)
+    }
+
+    fn invalidate(&mut self, kind: Kind) {
+        if matches!(kind, Kind::Service | Kind::EndpointSlice)
+            && let Ok(cache) = self.endpoint_cache.0.get_mut()
+        {
+            cache.clear();
+        }
+    }
+
+    /// The endpoints of `namespace/service` port `port_name`, computed by `compute` once per
+    /// snapshot of Services and EndpointSlices.
+    pub(crate) fn cached_endpoints(
+        &self,
+        key: (String, String, String),
+        compute: impl FnOnce() -> Vec<std::net::SocketAddr>,
+    ) -> std::sync::Arc<Vec<std::net::SocketAddr>> {
+        if let Ok(cache) = self.endpoint_cache.0.lock()
+            && let Some(hit) = cache.get(&key)
+        {
+            return hit.clone();
+        }
+        let value = std::sync::Arc::new(compute());
+        if let Ok(mut cache) = self.endpoint_cache.0.lock() {
+            cache.insert(key, value.clone());
+        }
+        value
+    }
+
+    /// Drops `old`'s index entry unless the object now stored under `key` still has it.
+    fn unindex(&mut self, key: &ObjectKey, old: &Object) {
+        let Some(owner) = slice_owner(old) else {
+            return;
+        };
+        let still = self
+            .map
+            .get(key)
+            .and_then(slice_owner)
+            .is_some_and(|o| o == owner);
+        if !still && let Some(names) = self.slices_by_service.get_mut(&owner) {
+            names.remove(&key.name);
+            if names.is_empty() {
+                self.slices_by_service.remove(&owner);
+            }
+        }
+    }
+
+    /// The EndpointSlices labelled as belonging to Service `namespace/service`.
+    pub fn endpoint_slices(
+        &self,
+        namespace: &str,
+        service: &str,
+    ) -> impl Iterator<Item = &k8s_openapi::api::discovery::v1::EndpointSlice> {
+        self.slices_by_service
+            .get(&(namespace.to_string(), service.to_string()))
+            .into_iter()
+            .flatten()
+            .filter_map(
+                move |name| match self.get(Kind::EndpointSlice, namespace, name) {
+                    Some(Object::EndpointSlice(s)) => Some(s),
+                    _ => None,
+                },
+            )
     }
 
     /// Looks an object up.

@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use k8s_openapi::api::core::v1::Service;
 use serde::{Deserialize, Serialize};
 
 use crate::objects::{Kind, Object, Objects, name_of, namespace_of};
@@ -79,7 +79,7 @@ pub struct ResolvedService {
     /// `namespace/name:port`.
     pub name: String,
     /// Ready endpoints (kube-proxy's choice: ready ones, else serving-and-terminating ones).
-    pub endpoints: Vec<SocketAddr>,
+    pub endpoints: std::sync::Arc<Vec<SocketAddr>>,
     /// appProtocol says HTTP/2 cleartext.
     pub h2c: bool,
 }
@@ -192,7 +192,14 @@ pub fn resolve_backend(
     );
     Ok(ResolvedService {
         name: format!("{ns}/{}:{port}", r.name),
-        endpoints: endpoints(objects, svc, spec_port.name.as_deref()),
+        endpoints: objects.cached_endpoints(
+            (
+                ns.to_string(),
+                r.name.clone(),
+                spec_port.name.clone().unwrap_or_default(),
+            ),
+            || endpoints(objects, svc, spec_port.name.as_deref()),
+        ),
         h2c,
     })
 }
@@ -206,13 +213,7 @@ pub fn endpoints(objects: &Objects, svc: &Service, port_name: Option<&str>) -> V
     let name = name_of(&svc.metadata);
     let mut ready = Vec::new();
     let mut terminating = Vec::new();
-    for o in objects.of_kind(Kind::EndpointSlice) {
-        let Object::EndpointSlice(slice) = o else {
-            continue;
-        };
-        if namespace_of(&slice.metadata) != ns || !belongs_to(slice, name) {
-            continue;
-        }
+    for slice in objects.endpoint_slices(ns, name) {
         let Some(port) = slice.ports.as_ref().and_then(|ports| {
             ports
                 .iter()
@@ -246,13 +247,4 @@ pub fn endpoints(objects: &Objects, svc: &Service, port_name: Option<&str>) -> V
     out.sort();
     out.dedup();
     out
-}
-
-fn belongs_to(slice: &EndpointSlice, service: &str) -> bool {
-    slice
-        .metadata
-        .labels
-        .as_ref()
-        .and_then(|l| l.get("kubernetes.io/service-name"))
-        .is_some_and(|n| n == service)
 }

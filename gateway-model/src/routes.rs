@@ -385,7 +385,7 @@ fn backend(
             Backend {
                 name,
                 weight,
-                endpoints: Vec::new(),
+                endpoints: Default::default(),
                 h2c: false,
                 filters,
                 resolved: false,
