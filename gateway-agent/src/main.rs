@@ -6,6 +6,7 @@ mod check;
 mod cli;
 mod dataplane;
 mod metrics;
+mod proxy;
 mod snapshot;
 mod source;
 
@@ -94,6 +95,22 @@ async fn run(args: cli::RunArgs) -> anyhow::Result<()> {
         }
     });
 
+    // Consumer: the L7 proxy swaps routes and reconciles its listener sockets.
+    let proxy = Arc::new(proxy::Proxy::new());
+    for e in proxy.apply(first.model.clone()).await {
+        tracing::error!(error = %format!("{e:#}"), "L7 listener not serving");
+    }
+    let mut proxy_updates = snapshots.subscribe();
+    let px = proxy.clone();
+    let proxy_task = tokio::spawn(async move {
+        while proxy_updates.changed().await.is_ok() {
+            let snap = proxy_updates.borrow_and_update().clone();
+            for e in px.apply(snap.model.clone()).await {
+                tracing::error!(generation = snap.generation, error = %format!("{e:#}"), "L7 listener not serving");
+            }
+        }
+    });
+
     // Source: re-read and recompile on every (debounced) change under the directory.
     let admin_snapshots = snapshots.subscribe();
     let (_watcher, mut changes) = source::file::watch(&dir)?;
@@ -123,6 +140,8 @@ async fn run(args: cli::RunArgs) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     source_task.abort();
     dataplane_task.abort();
+    proxy_task.abort();
+    proxy.shutdown().await;
     admin.abort();
     dataplane.lock().await.shutdown();
     Ok(())

@@ -178,13 +178,13 @@ pub struct Objects {
 /// Memoised endpoint lists; shared lists so every rule using a Service holds one copy.
 #[derive(Debug, Default)]
 pub(crate) struct EndpointCache(
-    std::sync::Mutex<
-        std::collections::HashMap<
-            (String, String, String),
-            std::sync::Arc<Vec<std::net::SocketAddr>>,
-        >,
-    >,
+    std::sync::Mutex<std::collections::HashMap<EndpointKey, Endpoints>>,
 );
+
+/// (namespace, service, port name).
+pub(crate) type EndpointKey = (String, String, String);
+/// A shared list of endpoints.
+pub(crate) type Endpoints = std::sync::Arc<Vec<std::net::SocketAddr>>;
 
 impl Clone for EndpointCache {
     fn clone(&self) -> Self {

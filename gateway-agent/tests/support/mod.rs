@@ -53,7 +53,8 @@ pub struct Agent {
     child: Option<Child>,
     /// Where its maps are pinned.
     pub bpffs: PathBuf,
-    gateway: testbed::Netns,
+    gateway: Option<testbed::Netns>,
+    admin: SocketAddr,
     /// The agent's stderr (its tracing log), printed when a test fails.
     pub log_path: PathBuf,
 }
@@ -96,7 +97,8 @@ impl Agent {
         let mut agent = Agent {
             child: Some(child),
             bpffs: bpffs.path().to_path_buf(),
-            gateway: topo.gateway.clone(),
+            gateway: Some(topo.gateway.clone()),
+            admin: ADMIN.parse()?,
             log_path,
         };
         testbed::wait_for(Duration::from_secs(20), "the agent's /readyz", || {
@@ -111,11 +113,59 @@ impl Agent {
         Ok(agent)
     }
 
-    /// GET from the admin endpoint (inside the gateway namespace).
+    /// GET from the admin endpoint (inside the gateway namespace, if any).
     pub fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
-        let admin: SocketAddr = ADMIN.parse()?;
+        let admin = self.admin;
         let path = path.to_string();
-        self.gateway.run(move || testbed::http_get(admin, &path))?
+        match &self.gateway {
+            Some(ns) => ns.run(move || testbed::http_get(admin, &path))?,
+            None => testbed::http_get(admin, &path),
+        }
+    }
+
+    /// Starts the agent in this namespace with no interface attached (the L7 side on loopback),
+    /// listeners bound to 127.0.0.1, the admin endpoint on `admin`.
+    pub fn start_local(
+        bpffs: &TempBpffs,
+        config: &Path,
+        admin: SocketAddr,
+    ) -> anyhow::Result<Self> {
+        let log_path = std::env::temp_dir().join(format!(
+            "nodegate-agent-local-{}-{}.log",
+            std::process::id(),
+            admin.port()
+        ));
+        let log = std::fs::File::create(&log_path)?;
+        let child = Command::new(env!("CARGO_BIN_EXE_gateway-agent"))
+            .args(["--log", "info,gateway_agent=debug", "run", "--config-dir"])
+            .arg(config)
+            .args(["--bind-address", "127.0.0.1", "--bpffs"])
+            .arg(bpffs.path())
+            .args(["--admin-address", &admin.to_string()])
+            .stdin(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("spawning gateway-agent")?;
+        let mut agent = Agent {
+            child: Some(child),
+            bpffs: bpffs.path().to_path_buf(),
+            gateway: None,
+            admin,
+            log_path,
+        };
+        testbed::wait_for(Duration::from_secs(20), "the agent's /readyz", || {
+            if let Some(Ok(Some(status))) = agent.child.as_mut().map(|c| c.try_wait()) {
+                panic!(
+                    "gateway-agent exited before it was ready: {status}\n{}",
+                    agent.log()
+                );
+            }
+            match agent.get("/readyz") {
+                Ok((200, _)) => Some(()),
+                _ => None,
+            }
+        })?;
+        Ok(agent)
     }
 
     /// /metrics, which must answer 200.

@@ -1,0 +1,159 @@
+//! HTTPRoute filters applied to requests and responses, and the header hygiene of a proxy.
+
+use std::net::SocketAddr;
+
+use gateway_model::http::{HeaderModifier, PathMatch, PathModifier};
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+/// Applies a RequestHeaderModifier or ResponseHeaderModifier: set replaces, add appends, remove
+/// deletes. Invalid names or values are skipped (the model validated them already).
+pub fn modify_headers(headers: &mut HeaderMap, m: &HeaderModifier) {
+    for (name, value) in &m.set {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::try_from(name.as_str()),
+            HeaderValue::try_from(value.as_str()),
+        ) {
+            headers.insert(n, v);
+        }
+    }
+    for (name, value) in &m.add {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::try_from(name.as_str()),
+            HeaderValue::try_from(value.as_str()),
+        ) {
+            headers.append(n, v);
+        }
+    }
+    for name in &m.remove {
+        headers.remove(name.as_str());
+    }
+}
+
+/// The path after a ReplaceFullPath / ReplacePrefixMatch modifier. "ReplacePrefixMatch" replaces
+/// the part of the path the rule's PathPrefix matched, keeping the rest.
+pub fn rewrite_path(path: &str, matched: &PathMatch, m: &PathModifier) -> String {
+    match m {
+        PathModifier::ReplaceFullPath(p) => p.clone(),
+        PathModifier::ReplacePrefixMatch(replacement) => {
+            let prefix = match matched {
+                PathMatch::Prefix(p) => p.trim_end_matches('/'),
+                _ => "",
+            };
+            let rest = path.strip_prefix(prefix).unwrap_or(path);
+            let base = replacement.trim_end_matches('/');
+            match (base.is_empty(), rest.is_empty()) {
+                (true, true) => "/".to_string(),
+                (true, false) => rest.to_string(),
+                (false, _) => format!("{base}{rest}"),
+            }
+        }
+    }
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1), plus any the Connection header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<String> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .collect();
+    for name in named {
+        headers.remove(name.as_str());
+    }
+    for name in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    ] {
+        headers.remove(name);
+    }
+}
+
+/// X-Forwarded-For (appended), X-Forwarded-Proto and X-Forwarded-Host, as proxies set them.
+pub fn set_forwarded(headers: &mut HeaderMap, peer: SocketAddr, host: &str) {
+    let client = peer.ip().to_string();
+    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.is_empty() => format!("{prev}, {client}"),
+        _ => client,
+    };
+    if let Ok(v) = HeaderValue::try_from(xff) {
+        headers.insert("x-forwarded-for", v);
+    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    if let Ok(v) = HeaderValue::try_from(host) {
+        headers.entry("x-forwarded-host").or_insert(v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replace_prefix_match_keeps_the_rest_of_the_path() {
+        // From the spec's HTTPPathModifier examples: prefix /foo replaced by /bar.
+        let prefix = PathMatch::Prefix("/foo".into());
+        let table = [
+            ("/foo/bar", "/bar", "/bar/bar"),
+            ("/foo", "/bar", "/bar"),
+            ("/foo/", "/bar", "/bar/"),
+            ("/foo/bar", "/", "/bar"),
+            ("/foo", "/", "/"),
+            ("/foo/bar", "/xyz/", "/xyz/bar"),
+        ];
+        for (path, replacement, want) in table {
+            let got = rewrite_path(
+                path,
+                &prefix,
+                &PathModifier::ReplacePrefixMatch(replacement.into()),
+            );
+            assert_eq!(got, want, "{path} with prefix /foo -> {replacement}");
+        }
+        assert_eq!(
+            rewrite_path("/a/b", &prefix, &PathModifier::ReplaceFullPath("/x".into())),
+            "/x"
+        );
+    }
+
+    #[test]
+    fn header_modifier_sets_adds_and_removes() {
+        let mut h = HeaderMap::new();
+        h.insert("x-set", HeaderValue::from_static("old"));
+        h.insert("x-add", HeaderValue::from_static("one"));
+        h.insert("x-gone", HeaderValue::from_static("bye"));
+        modify_headers(
+            &mut h,
+            &HeaderModifier {
+                set: vec![("X-Set".into(), "new".into())],
+                add: vec![("x-add".into(), "two".into())],
+                remove: vec!["x-gone".into()],
+            },
+        );
+        assert_eq!(h["x-set"], "new");
+        assert_eq!(h.get_all("x-add").iter().count(), 2);
+        assert!(!h.contains_key("x-gone"));
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_stripped() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-private"),
+        );
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+}

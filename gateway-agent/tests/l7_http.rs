@@ -1,0 +1,309 @@
+//! End to end, as root: the real agent serves HTTPRoutes on loopback in front of real HTTP echo
+//! backends, with real sockets on both sides: matching and precedence, filters, weights, the
+//! spec's error statuses, and a reload that changes routes without dropping the listener.
+
+mod support;
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream},
+    time::Duration,
+};
+
+use support::{Agent, ConfigDir};
+use testbed::TempBpffs;
+
+/// A free loopback port (bound, then released).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An HTTP/1.1 echo backend on 127.0.0.1: answers with what it received, as JSON. `delay`
+/// makes it slow (for timeouts).
+fn echo_backend(name: &'static str, delay: Duration) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            listener.set_nonblocking(true).unwrap();
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(
+                        move |req: hyper::Request<hyper::body::Incoming>| async move {
+                            tokio::time::sleep(delay).await;
+                            let headers: serde_json::Map<String, serde_json::Value> = req
+                                .headers()
+                                .iter()
+                                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").into()))
+                                .collect();
+                            let body = serde_json::json!({
+                                "backend": name,
+                                "method": req.method().as_str(),
+                                "path": req.uri().path_and_query().map(|p| p.to_string()),
+                                "headers": headers,
+                            });
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                                http_body_util::Full::new(bytes::Bytes::from(body.to_string())),
+                            ))
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+    });
+    port
+}
+
+/// A raw HTTP/1.1 request; returns (status, headers lower-cased, body).
+fn request(
+    port: u16,
+    method: &str,
+    host: &str,
+    path: &str,
+    extra: &[(&str, &str)],
+) -> (u16, Vec<(String, String)>, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+    for (k, v) in extra {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (status, headers, body.to_string())
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+fn service(name: &str, ports: &[u16]) -> String {
+    let eps: String = ports
+        .iter()
+        .map(|p| format!("---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-{p}, namespace: default, labels: {{kubernetes.io/service-name: {name}}}}}\naddressType: IPv4\nports: [{{name: http, port: {p}}}]\nendpoints: [{{addresses: [127.0.0.1], conditions: {{ready: true}}}}]\n"))
+        .collect();
+    format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec: {{ports: [{{name: http, port: 80}}]}}\n{eps}"
+    )
+}
+
+fn config(http_port: u16, a: u16, b: u16, slow: u16, dead: u16) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: nodegate}}
+spec: {{controllerName: nodegate.io/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: default}}
+spec:
+  gatewayClassName: nodegate
+  listeners: [{{name: http, protocol: HTTP, port: {http_port}}}]
+{}{}{}{}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: empty, namespace: default}}
+spec: {{ports: [{{name: http, port: 80}}]}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: web, namespace: default}}
+spec:
+  parentRefs: [{{name: gw}}]
+  hostnames: [web.example.com]
+  rules:
+  - matches: [{{path: {{type: PathPrefix, value: /}}}}]
+    backendRefs: [{{name: a, port: 80}}]
+  - matches: [{{path: {{type: Exact, value: /exact}}}}, {{headers: [{{name: x-canary, value: 'yes'}}]}}]
+    backendRefs: [{{name: b, port: 80}}]
+  - matches: [{{path: {{type: PathPrefix, value: /old}}}}]
+    filters:
+    - {{type: RequestRedirect, requestRedirect: {{scheme: https, path: {{type: ReplacePrefixMatch, replacePrefixMatch: /new}}, statusCode: 301}}}}
+  - matches: [{{path: {{type: PathPrefix, value: /api}}}}]
+    filters:
+    - {{type: URLRewrite, urlRewrite: {{hostname: internal.example.com, path: {{type: ReplacePrefixMatch, replacePrefixMatch: /v2}}}}}}
+    - {{type: RequestHeaderModifier, requestHeaderModifier: {{set: [{{name: x-added, value: by-gateway}}], remove: [x-secret]}}}}
+    - {{type: ResponseHeaderModifier, responseHeaderModifier: {{add: [{{name: x-served-by, value: nodegate}}]}}}}
+    backendRefs: [{{name: a, port: 80}}]
+  - matches: [{{path: {{type: PathPrefix, value: /split}}}}]
+    backendRefs: [{{name: a, port: 80, weight: 3}}, {{name: b, port: 80, weight: 1}}]
+  - matches: [{{path: {{type: PathPrefix, value: /zero}}}}]
+    backendRefs: [{{name: a, port: 80, weight: 0}}]
+  - matches: [{{path: {{type: PathPrefix, value: /missing}}}}]
+    backendRefs: [{{name: nonexistent, port: 80}}]
+  - matches: [{{path: {{type: PathPrefix, value: /empty}}}}]
+    backendRefs: [{{name: empty, port: 80}}]
+  - matches: [{{path: {{type: PathPrefix, value: /dead}}}}]
+    backendRefs: [{{name: dead, port: 80}}]
+  - matches: [{{path: {{type: PathPrefix, value: /slow}}}}]
+    timeouts: {{backendRequest: 300ms}}
+    backendRefs: [{{name: slow, port: 80}}]
+",
+        service("a", &[a]),
+        service("b", &[b]),
+        service("slow", &[slow]),
+        service("dead", &[dead]),
+    )
+}
+
+#[test]
+fn http_routes_filters_weights_and_errors() {
+    testbed::require_root("the L7 end-to-end test (the agent loads its BPF object)").unwrap();
+    let (a, b) = (
+        echo_backend("a", Duration::ZERO),
+        echo_backend("b", Duration::ZERO),
+    );
+    let slow = echo_backend("slow", Duration::from_secs(2));
+    let dead = free_port();
+    let http_port = free_port();
+    let bpffs = TempBpffs::mount("l7").unwrap();
+    let dir = ConfigDir::new("l7", &[("all.yaml", &config(http_port, a, b, slow, dead))]).unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let agent = Agent::start_local(&bpffs, dir.path(), admin).expect("agent starts");
+    let host = "web.example.com";
+
+    // Matching: prefix, exact over prefix, header match, and no route for another host.
+    let (st, _, body) = request(http_port, "GET", host, "/anything?q=1", &[]);
+    assert_eq!(
+        (st, json(&body)["backend"].as_str().unwrap()),
+        (200, "a"),
+        "{body}"
+    );
+    assert_eq!(json(&body)["path"], "/anything?q=1");
+    let (_, _, body) = request(http_port, "GET", host, "/exact", &[]);
+    assert_eq!(json(&body)["backend"], "b", "exact path over prefix");
+    let (_, _, body) = request(http_port, "GET", host, "/other", &[("X-Canary", "yes")]);
+    assert_eq!(
+        json(&body)["backend"],
+        "b",
+        "header match over a bare prefix"
+    );
+    let (st, _, _) = request(http_port, "GET", "other.example.org", "/", &[]);
+    assert_eq!(st, 404, "no route for this host");
+
+    // Forwarding headers set as users expect.
+    let (_, _, body) = request(
+        http_port,
+        "GET",
+        host,
+        "/fwd",
+        &[("X-Forwarded-For", "192.0.2.1")],
+    );
+    let headers = &json(&body)["headers"];
+    assert_eq!(headers["x-forwarded-for"], "192.0.2.1, 127.0.0.1");
+    assert_eq!(headers["x-forwarded-proto"], "http");
+    assert_eq!(headers["host"], host, "Host is kept");
+
+    // RequestRedirect.
+    let (st, h, _) = request(http_port, "GET", host, "/old/page?x=1", &[]);
+    assert_eq!(st, 301);
+    assert_eq!(
+        header(&h, "location"),
+        Some("https://web.example.com/new/page?x=1")
+    );
+
+    // URLRewrite and header modifiers.
+    let (st, h, body) = request(http_port, "GET", host, "/api/users", &[("X-Secret", "s")]);
+    assert_eq!(st, 200);
+    let v = json(&body);
+    assert_eq!(v["path"], "/v2/users");
+    assert_eq!(v["headers"]["host"], "internal.example.com");
+    assert_eq!(v["headers"]["x-added"], "by-gateway");
+    assert!(v["headers"].get("x-secret").is_none(), "removed header");
+    assert_eq!(header(&h, "x-served-by"), Some("nodegate"));
+
+    // Weights 3:1 over 200 requests.
+    let mut to_a = 0;
+    for _ in 0..200 {
+        let (_, _, body) = request(http_port, "GET", host, "/split", &[]);
+        if json(&body)["backend"] == "a" {
+            to_a += 1;
+        }
+    }
+    assert!(
+        (120..=180).contains(&to_a),
+        "3:1 split, got {to_a}/200 to a"
+    );
+
+    // The spec's error statuses.
+    for (path, want, why) in [
+        ("/zero", 500, "all backendRefs weighted 0"),
+        ("/missing", 500, "backendRef to a missing Service"),
+        ("/empty", 503, "a Service with no ready endpoint"),
+        ("/dead", 502, "an endpoint that refuses connections"),
+        ("/slow", 504, "timeouts.backendRequest exceeded"),
+    ] {
+        let (st, _, body) = request(http_port, "GET", host, path, &[]);
+        assert_eq!(st, want, "{why}: {body}");
+    }
+
+    // gRPC clients get grpc-status instead of an HTTP error.
+    let (st, h, _) = request(
+        http_port,
+        "POST",
+        host,
+        "/empty",
+        &[("Content-Type", "application/grpc")],
+    );
+    assert_eq!(
+        (st, header(&h, "grpc-status")),
+        (200, Some("14")),
+        "UNAVAILABLE as a trailers-only response"
+    );
+
+    // Reload: a new route appears on the same listener without a restart.
+    let extra = "---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: added, namespace: default}
+spec:
+  parentRefs: [{name: gw}]
+  hostnames: [added.example.com]
+  rules: [{backendRefs: [{name: b, port: 80}]}]
+";
+    std::fs::write(dir.path().join("added.yaml"), extra).unwrap();
+    testbed::wait_for(Duration::from_secs(10), "the added route", || {
+        let (st, _, body) = request(http_port, "GET", "added.example.com", "/", &[]);
+        (st == 200 && json(&body)["backend"] == "b").then_some(())
+    })
+    .expect("reloaded route served");
+    drop(agent);
+}
