@@ -441,22 +441,44 @@ pub fn send_udp(dst: std::net::SocketAddr, count: usize, payload: usize) -> anyh
 /// A minimal HTTP/1.0 GET from the current thread's namespace: returns (status code, body). For
 /// reading the agent's admin endpoint in tests and the demo.
 pub fn http_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    let (status, _, body) = http_request(addr, "GET", path, &[])?;
+    Ok((status, body))
+}
+
+/// A minimal HTTP/1.0 request from the current thread's namespace with extra headers; returns
+/// (status code, headers with lower-case names, body).
+pub fn http_request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<(u16, Vec<(String, String)>, String)> {
     use std::io::{Read as _, Write as _};
     let mut stream =
         std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2))?;
     stream.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut request = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n");
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes())?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     let (head, body) = response
         .split_once("\r\n\r\n")
         .context("HTTP response without a header end")?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|s| s.parse().ok())
         .context("HTTP response without a status code")?;
-    Ok((status, body.to_string()))
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Ok((status, headers, body.to_string()))
 }
 
 /// Polls `f` every 100 ms until it returns `Some`, for at most `timeout`.
@@ -503,4 +525,50 @@ pub fn metric_value(exposition: &str, name: &str, labels: &[(&str, &str)]) -> Op
         }
     }
     found
+}
+
+/// Starts an HTTP/1.1 responder on `addr` inside `ns` (a thread per connection, one request per
+/// connection, `Connection: close`): it answers `backend=<name> path=<path>` so clients can see
+/// where a request landed. For the demo and benchmarks; tests use hyper-based backends.
+pub fn http_echo_server(
+    ns: &Netns,
+    addr: std::net::SocketAddr,
+    name: &'static str,
+) -> anyhow::Result<()> {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    let (tx, rx) = std::sync::mpsc::channel();
+    ns.spawn(move || {
+        let listener = match std::net::TcpListener::bind(addr) {
+            Ok(l) => {
+                let _ = tx.send(Ok(()));
+                l
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                return;
+            }
+        };
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(&stream);
+                let mut first = String::new();
+                if reader.read_line(&mut first).is_err() {
+                    return;
+                }
+                let path = first.split_whitespace().nth(1).unwrap_or("/").to_string();
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    line.clear();
+                }
+                let body = format!("backend={name} path={path}\n");
+                let _ = write!(
+                    &stream,
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            });
+        }
+    })?;
+    rx.recv()?
+        .with_context(|| format!("binding the echo server on {addr}"))
 }
