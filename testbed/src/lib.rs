@@ -445,6 +445,9 @@ pub fn http_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<(u16, 
     Ok((status, body))
 }
 
+/// (status code, headers with lower-case names, body).
+pub type HttpResponse = (u16, Vec<(String, String)>, String);
+
 /// A minimal HTTP/1.0 request from the current thread's namespace with extra headers; returns
 /// (status code, headers with lower-case names, body).
 pub fn http_request(
@@ -452,7 +455,7 @@ pub fn http_request(
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
-) -> anyhow::Result<(u16, Vec<(String, String)>, String)> {
+) -> anyhow::Result<HttpResponse> {
     use std::io::{Read as _, Write as _};
     let mut stream =
         std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2))?;
