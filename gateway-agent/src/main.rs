@@ -6,8 +6,10 @@ mod check;
 mod cli;
 mod dataplane;
 mod metrics;
+mod passthrough;
 mod proxy;
 mod snapshot;
+mod sockets;
 mod source;
 
 use std::sync::Arc;
@@ -100,13 +102,19 @@ async fn run(args: cli::RunArgs) -> anyhow::Result<()> {
     for e in proxy.apply(first.model.clone()).await {
         tracing::error!(error = %format!("{e:#}"), "L7 listener not serving");
     }
+    let passthrough = Arc::new(passthrough::Passthrough::new());
+    for e in passthrough.apply(first.model.clone()).await {
+        tracing::error!(error = %format!("{e:#}"), "TLS passthrough listener not serving");
+    }
     let mut proxy_updates = snapshots.subscribe();
-    let px = proxy.clone();
+    let (px, pt) = (proxy.clone(), passthrough.clone());
     let proxy_task = tokio::spawn(async move {
         while proxy_updates.changed().await.is_ok() {
             let snap = proxy_updates.borrow_and_update().clone();
-            for e in px.apply(snap.model.clone()).await {
-                tracing::error!(generation = snap.generation, error = %format!("{e:#}"), "L7 listener not serving");
+            let mut errors = px.apply(snap.model.clone()).await;
+            errors.extend(pt.apply(snap.model.clone()).await);
+            for e in errors {
+                tracing::error!(generation = snap.generation, error = %format!("{e:#}"), "listener not serving");
             }
         }
     });
@@ -142,6 +150,7 @@ async fn run(args: cli::RunArgs) -> anyhow::Result<()> {
     dataplane_task.abort();
     proxy_task.abort();
     proxy.shutdown().await;
+    passthrough.shutdown().await;
     admin.abort();
     dataplane.lock().await.shutdown();
     Ok(())

@@ -7,12 +7,14 @@ mod filters;
 mod handler;
 mod upstream;
 
-use std::{collections::HashMap, net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc};
 
 use arc_swap::ArcSwap;
 use gateway_model::Model;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::{net::TcpListener, sync::Mutex, task::JoinHandle};
+use tokio::net::TcpListener;
+
+use crate::sockets::SocketSet;
 
 /// What every connection task shares.
 pub struct Shared {
@@ -22,10 +24,10 @@ pub struct Shared {
     pub upstreams: upstream::Upstreams,
 }
 
-/// The proxy: its listener tasks and the shared state.
+/// The proxy: its listener sockets and the shared state.
 pub struct Proxy {
     shared: Arc<Shared>,
-    listeners: Mutex<HashMap<SocketAddr, JoinHandle<()>>>,
+    sockets: SocketSet,
 }
 
 impl Proxy {
@@ -36,13 +38,13 @@ impl Proxy {
                 model: ArcSwap::from_pointee(Model::default()),
                 upstreams: upstream::Upstreams::new(),
             }),
-            listeners: Mutex::new(HashMap::new()),
+            sockets: SocketSet::new("HTTP"),
         }
     }
 
-    /// Serves `model`: swaps the routes in, binds sockets for new plain-HTTP listeners and closes
-    /// the ones no longer in the model. A socket that cannot be bound is reported and skipped;
-    /// the others keep serving.
+    /// Serves `model`: swaps the routes in, then binds sockets for new plain-HTTP listeners and
+    /// closes the ones no longer in the model. A socket that cannot be bound is reported; the
+    /// others keep serving.
     pub async fn apply(&self, model: Arc<Model>) -> Vec<anyhow::Error> {
         let wanted: Vec<SocketAddr> = model
             .http
@@ -51,51 +53,18 @@ impl Proxy {
             .map(|l| l.address)
             .collect();
         self.shared.model.store(model);
-        let mut listeners = self.listeners.lock().await;
-        listeners.retain(|addr, task| {
-            let keep = wanted.contains(addr);
-            if !keep {
-                tracing::info!(%addr, "HTTP listener closed");
-                task.abort();
-            }
-            keep
-        });
-        let mut errors = Vec::new();
-        for addr in wanted {
-            if listeners.contains_key(&addr) {
-                continue;
-            }
-            match bind(addr) {
-                Ok(listener) => {
-                    tracing::info!(%addr, "HTTP listener serving");
-                    listeners.insert(
-                        addr,
-                        tokio::spawn(accept_loop(listener, addr, self.shared.clone())),
-                    );
-                }
-                Err(e) => errors.push(e.context(format!("binding HTTP listener {addr}"))),
-            }
-        }
-        errors
+        let shared = self.shared.clone();
+        self.sockets
+            .reconcile(&wanted, |listener, addr| {
+                tokio::spawn(accept_loop(listener, addr, shared.clone()))
+            })
+            .await
     }
 
     /// Stops accepting on every socket.
     pub async fn shutdown(&self) {
-        for (_, task) in self.listeners.lock().await.drain() {
-            task.abort();
-        }
+        self.sockets.shutdown().await;
     }
-}
-
-/// A listening socket with SO_REUSEADDR (so a restart does not wait for TIME_WAIT).
-fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
-    let socket = match addr {
-        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    Ok(socket.listen(1024)?)
 }
 
 async fn accept_loop(listener: TcpListener, addr: SocketAddr, shared: Arc<Shared>) {
