@@ -8,17 +8,17 @@ use std::{
 use serde_json::{Value, json};
 
 use crate::{
-    gateway::{GatewayState, Protocol, gateway_state},
+    attach::{self, ByListener},
+    gateway::{self, GatewayState, Protocol, gateway_state},
     hostname,
     http::HttpRule,
-    model::{
-        HttpListener, L4Listener, L4Protocol, Model, PassthroughListener, SniRoute, VirtualHost,
-        WeightedEndpoint,
-    },
+    l4,
+    model::{HttpListener, Model, VirtualHost},
     objects::{Kind, Object, Objects, name_of, namespace_of},
-    refs::{BackendRef, GATEWAY_GROUP, ParentRef, RefProblem, normalize, resolve_backend},
+    refs::{GATEWAY_GROUP, ParentRef, RefProblem, normalize},
     routes::{self, RouteRules},
     status::{Condition, ObjectStatus, conditions_json},
+    tls,
 };
 
 /// The controller name nodegate answers for.
@@ -64,28 +64,25 @@ pub(crate) struct RouteView {
     pub parent_refs: Vec<ParentRef>,
     pub hostnames: Vec<String>,
     pub rules: RouteRules,
+    /// Rules dropped as invalid, with the spec's reason.
+    pub invalid_rules: Vec<(usize, routes::RuleProblem)>,
 }
 
 impl RouteView {
+    /// `namespace/name`.
     pub fn id(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
     }
+
+    /// The spec's tie-break between routes: "The oldest Route based on creation timestamp",
+    /// then "the Route appearing first in alphabetical order by {namespace}/{name}".
+    pub fn age_key(&self) -> (&str, &str, &str) {
+        (&self.created, &self.namespace, &self.name)
+    }
 }
 
-/// (gateway index, listener index).
-type ListenerIdx = (usize, usize);
-/// A route's claim on an L4 listener: (creationTimestamp, namespace/name, route index).
-type Claim = (String, String, usize);
 /// HTTP listeners by socket, with their rules by hostname pattern.
 type HttpSockets = BTreeMap<SocketAddr, (HttpListener, BTreeMap<Option<String>, Vec<HttpRule>>)>;
-
-/// The outcome of one parentRef.
-struct ParentOutcome {
-    parent_ref: ParentRef,
-    accepted: Result<(), (&'static str, String)>,
-    /// (gateway index, listener index) the route attached to.
-    attached: Vec<(usize, usize)>,
-}
 
 /// Compiles every object into the model and the statuses.
 pub fn compile(objects: &Objects, opts: &CompileOptions) -> Compiled {
@@ -128,28 +125,24 @@ pub fn compile(objects: &Objects, opts: &CompileOptions) -> Compiled {
             gateways.push(gateway_state(objects, gw, opts.default_bind_address));
         }
     }
+    gateway::mark_socket_conflicts(&mut gateways);
 
     // Routes of every kind, attached to listeners.
     let routes = routes::collect(objects);
-    let mut outcomes: Vec<Vec<ParentOutcome>> = routes
-        .iter()
-        .map(|r| attach(objects, &gateways, r))
-        .collect();
-    oldest_l4_route_wins(&gateways, &routes, &mut outcomes);
-    for outcome in outcomes.iter().flatten() {
-        for &(g, l) in &outcome.attached {
-            gateways[g].listeners[l].attached_routes += 1;
-        }
+    let outcomes = attach::attach_all(objects, &gateways, &routes);
+    let attached = attach::by_listener(&routes, &outcomes);
+    for (&(g, l), list) in &attached {
+        gateways[g].listeners[l].attached_routes = u32::try_from(list.len()).unwrap_or(u32::MAX);
     }
 
-    // The model.
+    // The model: only valid listeners are served.
     let mut model = Model::default();
     let mut rule_problems: Vec<Option<RefProblem>> = vec![None; routes.len()];
-    build_l4(
+    l4::build(
         objects,
         &gateways,
         &routes,
-        &outcomes,
+        &attached,
         &mut model,
         &mut rule_problems,
     );
@@ -157,22 +150,22 @@ pub fn compile(objects: &Objects, opts: &CompileOptions) -> Compiled {
         objects,
         &gateways,
         &routes,
-        &outcomes,
+        &attached,
         &mut model,
         &mut rule_problems,
     );
-    build_passthrough(
+    tls::build(
         objects,
         &gateways,
         &routes,
-        &outcomes,
+        &attached,
         &mut model,
         &mut rule_problems,
     );
-    // Routes whose rules never reached a listener still report unresolved references.
+    // Routes not compiled anywhere (not attached, or an L4 route that lost its listener) still
+    // report their unresolved references.
     for (i, r) in routes.iter().enumerate() {
-        let compiled_somewhere = outcomes[i].iter().any(|o| !o.attached.is_empty());
-        if rule_problems[i].is_none() && !compiled_somewhere {
+        if rule_problems[i].is_none() {
             rule_problems[i] = routes::first_ref_problem(objects, r);
         }
     }
@@ -193,14 +186,36 @@ pub fn compile(objects: &Objects, opts: &CompileOptions) -> Compiled {
         let parents: Vec<Value> = outcomes[i]
             .iter()
             .map(|o| {
-                let accepted = match &o.accepted {
-                    Ok(()) => Condition::ok("Accepted", "Accepted", "route accepted"),
-                    Err((reason, message)) => Condition::fail("Accepted", reason, message.clone()),
-                };
+                let mut conditions = vec![
+                    match &o.accepted {
+                        Ok(()) => Condition::ok("Accepted", "Accepted", "route accepted"),
+                        Err((reason, message)) => {
+                            Condition::fail("Accepted", reason, message.clone())
+                        }
+                    },
+                    resolved.clone(),
+                ];
+                // "Drop Rule(s): ... The message for this condition MUST start with the prefix
+                // 'Dropped Rule' ... the Accepted condition MUST be set to True". "This condition
+                // MUST NOT be set if a Route is fully valid, fully invalid, or not accepted."
+                if o.accepted.is_ok() && !r.invalid_rules.is_empty() {
+                    let (reason, _) = &r.invalid_rules[0].1;
+                    let detail: Vec<String> = r
+                        .invalid_rules
+                        .iter()
+                        .map(|(i, (_, m))| format!("rule {i}: {m}"))
+                        .collect();
+                    conditions.push(Condition {
+                        type_: "PartiallyInvalid",
+                        status: true,
+                        reason,
+                        message: format!("Dropped Rule(s): {}", detail.join("; ")),
+                    });
+                }
                 json!({
                     "parentRef": o.parent_ref,
                     "controllerName": opts.controller_name,
-                    "conditions": conditions_json(&[accepted, resolved.clone()], r.generation, time),
+                    "conditions": conditions_json(&conditions, r.generation, time),
                 })
             })
             .collect();
@@ -215,253 +230,14 @@ pub fn compile(objects: &Objects, opts: &CompileOptions) -> Compiled {
     Compiled { model, statuses }
 }
 
-/// Attaches a route to the listeners its parentRefs select, as the spec orders the checks.
-fn attach(objects: &Objects, gateways: &[GatewayState], r: &RouteView) -> Vec<ParentOutcome> {
-    let mut out = Vec::new();
-    for pr in &r.parent_refs {
-        let group = pr.group.as_deref().unwrap_or(GATEWAY_GROUP);
-        let kind = pr.kind.as_deref().unwrap_or("Gateway");
-        if group != GATEWAY_GROUP || kind != "Gateway" {
-            continue;
-        }
-        let ns = pr.namespace.as_deref().unwrap_or(&r.namespace);
-        let Some(gi) = gateways
-            .iter()
-            .position(|g| g.namespace == ns && g.name == pr.name)
-        else {
-            // Not a Gateway of ours: another controller's business.
-            continue;
-        };
-        let g = &gateways[gi];
-        let selected: Vec<usize> = g
-            .listeners
-            .iter()
-            .enumerate()
-            .filter(|(_, l)| pr.section_name.as_deref().is_none_or(|s| s == l.name))
-            .filter(|(_, l)| pr.port.is_none_or(|p| i32::from(l.port) == p))
-            .map(|(i, _)| i)
-            .collect();
-        let mut outcome = ParentOutcome {
-            parent_ref: pr.clone(),
-            accepted: Ok(()),
-            attached: Vec::new(),
-        };
-        if selected.is_empty() {
-            outcome.accepted = Err((
-                "NoMatchingParent",
-                format!(
-                    "Gateway {} has no listener matching sectionName {:?} port {:?}",
-                    g.id(),
-                    pr.section_name,
-                    pr.port
-                ),
-            ));
-            out.push(outcome);
-            continue;
-        }
-        let allowed: Vec<usize> = selected
-            .into_iter()
-            .filter(|&i| g.listeners[i].allows(objects, &g.namespace, r.kind, &r.namespace))
-            .collect();
-        if allowed.is_empty() {
-            outcome.accepted = Err((
-                "NotAllowedByListeners",
-                format!(
-                    "no listener of Gateway {} allows {} from namespace {}",
-                    g.id(),
-                    r.kind.as_str(),
-                    r.namespace
-                ),
-            ));
-            out.push(outcome);
-            continue;
-        }
-        let with_hosts: Vec<usize> =
-            if matches!(r.kind, Kind::HTTPRoute | Kind::GRPCRoute | Kind::TLSRoute) {
-                allowed
-                    .into_iter()
-                    .filter(|&i| {
-                        hostname::intersect(g.listeners[i].hostname.as_deref(), &r.hostnames)
-                            .is_some()
-                    })
-                    .collect()
-            } else {
-                allowed
-            };
-        if with_hosts.is_empty() {
-            outcome.accepted = Err((
-                "NoMatchingListenerHostname",
-                format!(
-                    "no hostname of the route intersects a listener hostname of Gateway {}",
-                    g.id()
-                ),
-            ));
-            out.push(outcome);
-            continue;
-        }
-        if let Some(problem) = routes::unsupported_value(r) {
-            outcome.accepted = Err(("UnsupportedValue", problem));
-            out.push(outcome);
-            continue;
-        }
-        outcome.attached = with_hosts
-            .into_iter()
-            .filter(|&i| g.listeners[i].programmable())
-            .map(|i| (gi, i))
-            .collect();
-        out.push(outcome);
-    }
-    out
-}
-
-/// TCP and UDP listeners serve one route: "the oldest Route based on creation timestamp", then
-/// `namespace/name` alphabetical. The others lose the listener; a parentRef left with no
-/// listener is not accepted.
-fn oldest_l4_route_wins(
-    gateways: &[GatewayState],
-    routes: &[RouteView],
-    outcomes: &mut [Vec<ParentOutcome>],
-) {
-    let mut claims: BTreeMap<ListenerIdx, Vec<Claim>> = BTreeMap::new();
-    for (ri, outs) in outcomes.iter().enumerate() {
-        let r = &routes[ri];
-        if !matches!(r.kind, Kind::TCPRoute | Kind::UDPRoute) {
-            continue;
-        }
-        for o in outs {
-            for &gl in &o.attached {
-                claims
-                    .entry(gl)
-                    .or_default()
-                    .push((r.created.clone(), r.id(), ri));
-            }
-        }
-    }
-    for ((g, l), mut routes_here) in claims {
-        routes_here.sort();
-        let winner = routes_here[0].1.clone();
-        for (_, id, ri) in routes_here.into_iter().skip(1) {
-            for o in outcomes[ri].iter_mut() {
-                o.attached.retain(|&gl| gl != (g, l));
-                if o.attached.is_empty() && o.accepted.is_ok() {
-                    o.accepted = Err((
-                        "NotAllowedByListeners",
-                        format!(
-                            "listener {} of Gateway {} already serves the older route {winner}; {id} is not attached",
-                            gateways[g].listeners[l].name,
-                            gateways[g].id()
-                        ),
-                    ));
-                }
-            }
-        }
-    }
-}
-
-fn sockets(g: &GatewayState, port: u16) -> Vec<SocketAddr> {
-    g.addresses
-        .iter()
-        .map(|a| SocketAddr::new(*a, port))
-        .collect()
-}
-
-fn listener_name(g: &GatewayState, l: usize) -> String {
-    format!("{}/{}", g.id(), g.listeners[l].name)
-}
-
-/// The routes attached to (g, l), in route order.
-fn attached_to<'a>(
-    routes: &'a [RouteView],
-    outcomes: &[Vec<ParentOutcome>],
-    g: usize,
-    l: usize,
-) -> Vec<(usize, &'a RouteView)> {
-    routes
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| outcomes[*i].iter().any(|o| o.attached.contains(&(g, l))))
-        .collect()
-}
-
-/// Spreads backendRef weights over endpoints: each endpoint gets weight × 1000 / endpoints.
-pub(crate) fn weighted_endpoints(
-    objects: &Objects,
-    r: &RouteView,
-    refs: &[BackendRef],
-    problem: &mut Option<RefProblem>,
-) -> Vec<WeightedEndpoint> {
-    let mut out = Vec::new();
-    for br in refs {
-        let weight = u32::try_from(br.weight.unwrap_or(1)).unwrap_or(0);
-        match resolve_backend(objects, r.kind.as_str(), &r.namespace, br) {
-            Ok(svc) => {
-                if weight == 0 || svc.endpoints.is_empty() {
-                    continue;
-                }
-                let n = u32::try_from(svc.endpoints.len()).unwrap_or(u32::MAX);
-                let each = (weight.saturating_mul(1000) / n).max(1);
-                for &address in svc.endpoints.iter() {
-                    out.push(WeightedEndpoint {
-                        address,
-                        weight: each,
-                        backend: svc.name.clone(),
-                    });
-                }
-            }
-            Err(p) => {
-                problem.get_or_insert(p);
-            }
-        }
-    }
-    out
-}
-
-fn build_l4(
-    objects: &Objects,
-    gateways: &[GatewayState],
-    routes: &[RouteView],
-    outcomes: &[Vec<ParentOutcome>],
-    model: &mut Model,
-    problems: &mut [Option<RefProblem>],
-) {
-    let mut seen = Vec::new();
-    for (gi, g) in gateways.iter().enumerate() {
-        for (li, l) in g.listeners.iter().enumerate() {
-            let protocol = match l.protocol {
-                Some(Protocol::Tcp) if l.programmable() => L4Protocol::Tcp,
-                Some(Protocol::Udp) if l.programmable() => L4Protocol::Udp,
-                _ => continue,
-            };
-            let route = attached_to(routes, outcomes, gi, li).into_iter().next();
-            let mut backends = Vec::new();
-            if let Some((ri, r)) = route
-                && let RouteRules::L4(refs) = &r.rules
-            {
-                backends = weighted_endpoints(objects, r, refs, &mut problems[ri]);
-            }
-            for address in sockets(g, l.port) {
-                // The first Gateway to claim a socket keeps it.
-                if seen.contains(&(address, protocol)) {
-                    continue;
-                }
-                seen.push((address, protocol));
-                model.l4.push(L4Listener {
-                    name: listener_name(g, li),
-                    address,
-                    protocol,
-                    route: route.map(|(_, r)| format!("{} {}", r.kind.as_str(), r.id())),
-                    backends: backends.clone(),
-                });
-            }
-        }
-    }
-}
-
+/// HTTP and HTTPS listeners, one [`HttpListener`] per bound socket: Gateway listeners sharing a
+/// port are told apart by hostname, so their routes go to per-hostname virtual hosts, each with
+/// its rules in the spec's precedence order.
 fn build_http(
     objects: &Objects,
     gateways: &[GatewayState],
     routes: &[RouteView],
-    outcomes: &[Vec<ParentOutcome>],
+    attached: &ByListener,
     model: &mut Model,
     problems: &mut [Option<RefProblem>],
 ) {
@@ -473,8 +249,12 @@ fn build_http(
                 Some(Protocol::Https) if l.programmable() => true,
                 _ => continue,
             };
-            let attached = attached_to(routes, outcomes, gi, li);
-            for address in sockets(g, l.port) {
+            let here = attached
+                .get(&(gi, li))
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            for ip in &g.addresses {
+                let address = SocketAddr::new(*ip, l.port);
                 let (listener, hosts) = by_socket.entry(address).or_insert_with(|| {
                     (
                         HttpListener {
@@ -487,18 +267,19 @@ fn build_http(
                         BTreeMap::new(),
                     )
                 });
-                listener.names.push(listener_name(g, li));
+                listener.names.push(format!("{}/{}", g.id(), l.name));
                 if let Some(certs) = listener.tls.as_mut() {
                     certs.extend(l.certificates.iter().cloned());
                 }
                 // Without any route, the listener's own hostname still gets a (404) virtual host.
                 hosts.entry(l.hostname.clone()).or_default();
-                for (ri, r) in &attached {
+                for &ri in here {
+                    let r = &routes[ri];
                     let Some(patterns) = hostname::intersect(l.hostname.as_deref(), &r.hostnames)
                     else {
                         continue;
                     };
-                    let rules = routes::http_rules(objects, r, &mut problems[*ri]);
+                    let rules = routes::http_rules(objects, r, &mut problems[ri]);
                     for p in patterns {
                         hosts.entry(p).or_default().extend(rules.iter().cloned());
                     }
@@ -527,59 +308,6 @@ fn build_http(
             .collect();
         listener.hosts = hosts;
         model.http.push(listener);
-    }
-}
-
-fn build_passthrough(
-    objects: &Objects,
-    gateways: &[GatewayState],
-    routes: &[RouteView],
-    outcomes: &[Vec<ParentOutcome>],
-    model: &mut Model,
-    problems: &mut [Option<RefProblem>],
-) {
-    let mut by_socket: BTreeMap<SocketAddr, PassthroughListener> = BTreeMap::new();
-    for (gi, g) in gateways.iter().enumerate() {
-        for (li, l) in g.listeners.iter().enumerate() {
-            if l.protocol != Some(Protocol::Tls) || !l.programmable() {
-                continue;
-            }
-            let attached = attached_to(routes, outcomes, gi, li);
-            for address in sockets(g, l.port) {
-                let listener = by_socket
-                    .entry(address)
-                    .or_insert_with(|| PassthroughListener {
-                        names: Vec::new(),
-                        address,
-                        routes: Vec::new(),
-                    });
-                listener.names.push(listener_name(g, li));
-                for (ri, r) in &attached {
-                    let RouteRules::L4(refs) = &r.rules else {
-                        continue;
-                    };
-                    let Some(patterns) = hostname::intersect(l.hostname.as_deref(), &r.hostnames)
-                    else {
-                        continue;
-                    };
-                    let backends = weighted_endpoints(objects, r, refs, &mut problems[*ri]);
-                    for hostname in patterns {
-                        if listener.routes.iter().any(|x| x.hostname == hostname) {
-                            continue; // an older route already holds this hostname
-                        }
-                        listener.routes.push(SniRoute {
-                            hostname,
-                            route: r.id(),
-                            backends: backends.clone(),
-                        });
-                    }
-                }
-            }
-        }
-    }
-    for (_, mut l) in by_socket {
-        l.routes.sort_by_key(|r| hostname::order_key(&r.hostname));
-        model.passthrough.push(l);
     }
 }
 

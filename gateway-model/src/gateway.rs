@@ -53,12 +53,15 @@ impl Protocol {
         }
     }
 
-    /// Listeners whose protocols share a class may share a port (distinguished by hostname);
-    /// different classes on one transport conflict.
-    fn class(self) -> (&'static str, &'static str) {
+    /// (transport, class): listeners of one class may share a port (distinguished by hostname);
+    /// different classes on one transport conflict. HTTPS (terminated) and TLS (passthrough)
+    /// differ: the spec lets an implementation that "cannot mix HTTPS and generic TLS listens on
+    /// the same port" call them incompatible, and nodegate serves them from different planes.
+    pub fn class(self) -> (&'static str, &'static str) {
         match self {
             Protocol::Http => ("tcp", "http"),
-            Protocol::Https | Protocol::Tls => ("tcp", "tls"),
+            Protocol::Https => ("tcp", "https"),
+            Protocol::Tls => ("tcp", "tls"),
             Protocol::Tcp => ("tcp", "tcp"),
             Protocol::Udp => ("udp", "udp"),
         }
@@ -105,6 +108,10 @@ pub struct ListenerState {
     pub attached_routes: u32,
 }
 
+/// The listener is Accepted=False with this reason when it conflicts (as the conformance suite
+/// expects: Accepted, Programmed and Conflicted all carry the conflict's reason).
+const CONFLICT_REASONS: [&str; 2] = ["HostnameConflict", "ProtocolConflict"];
+
 impl ListenerState {
     /// Whether routes may attach and the data plane may serve it.
     pub fn programmable(&self) -> bool {
@@ -127,6 +134,9 @@ pub struct GatewayState {
     pub name: String,
     /// metadata.generation.
     pub generation: Option<i64>,
+    /// metadata.creationTimestamp (RFC 3339, "" when unset): the older Gateway keeps a
+    /// contested socket.
+    pub created: String,
     /// Where its listeners bind.
     pub addresses: Vec<IpAddr>,
     /// An address problem: (reason, message).
@@ -173,6 +183,7 @@ pub fn gateway_state(objects: &Objects, gw: &Gateway, default_bind: IpAddr) -> G
         name: name_of(&gw.metadata).to_string(),
         namespace,
         generation: gw.metadata.generation,
+        created: crate::compile::created(&gw.metadata),
         addresses,
         address_problem,
         listeners,
@@ -257,17 +268,32 @@ fn listener_state(objects: &Objects, gw_ns: &str, l: &GatewayListeners) -> Liste
     match protocol {
         Protocol::Https => {
             if matches!(mode, Some(GatewayListenersTlsMode::Passthrough)) {
+                // CEL: "tls mode must be Terminate for protocol HTTPS".
                 state.not_accepted = Some((
-                    "UnsupportedProtocol",
-                    "HTTPS listeners terminate TLS; use protocol TLS for passthrough".into(),
+                    "UnsupportedValue",
+                    "tls mode must be Terminate for protocol HTTPS".into(),
                 ));
             }
             resolve_certificates(objects, gw_ns, l, &mut state);
         }
+        // Conformance (TLSRouteListenerTerminateNotSupported): "a Gateway Listener with TLS mode
+        // Terminate MUST have Accepted=False with Reason=UnsupportedValue".
         Protocol::Tls if !matches!(mode, Some(GatewayListenersTlsMode::Passthrough)) => {
             state.not_accepted = Some((
-                "UnsupportedProtocol",
+                "UnsupportedValue",
                 "TLS listeners are served in Passthrough mode only".into(),
+            ));
+        }
+        Protocol::Http | Protocol::Tcp | Protocol::Udp if l.tls.is_some() => {
+            state.not_accepted = Some((
+                "UnsupportedValue",
+                "tls must not be specified for protocols ['HTTP', 'TCP', 'UDP']".into(),
+            ));
+        }
+        Protocol::Tcp | Protocol::Udp if state.hostname.is_some() => {
+            state.not_accepted = Some((
+                "UnsupportedValue",
+                "hostname must not be specified for protocols ['TCP', 'UDP']".into(),
             ));
         }
         _ => {}
@@ -433,12 +459,15 @@ impl ListenerState {
                 AllowedNamespaces::All => true,
                 AllowedNamespaces::Same => route_ns == gw_ns,
                 AllowedNamespaces::Selector(sel) => {
-                    let labels = match objects.get(Kind::Namespace, "", route_ns) {
+                    let mut labels = match objects.get(Kind::Namespace, "", route_ns) {
                         Some(Object::Namespace(ns)) => {
                             ns.metadata.labels.clone().unwrap_or_default()
                         }
                         _ => BTreeMap::new(),
                     };
+                    // The API server sets this label on every Namespace (immutable), so
+                    // selectors on it work even when the Namespace object is not in the input.
+                    labels.insert("kubernetes.io/metadata.name".into(), route_ns.to_string());
                     selector_matches(sel, &labels)
                 }
             }
@@ -447,9 +476,9 @@ impl ListenerState {
     /// The listener's conditions, as the spec names them.
     pub fn conditions(&self) -> Vec<Condition> {
         let mut out = Vec::new();
-        out.push(match &self.not_accepted {
-            None => Condition::ok("Accepted", "Accepted", "listener accepted"),
-            Some((r, m)) => Condition::fail("Accepted", r, m.clone()),
+        out.push(match (&self.not_accepted, &self.conflict) {
+            (Some((r, m)), _) | (None, Some((r, m))) => Condition::fail("Accepted", r, m.clone()),
+            (None, None) => Condition::ok("Accepted", "Accepted", "listener accepted"),
         });
         out.push(match &self.conflict {
             None => Condition::fail("Conflicted", "NoConflicts", "no conflicts"),
@@ -464,14 +493,18 @@ impl ListenerState {
             None => Condition::ok("ResolvedRefs", "ResolvedRefs", "references resolved"),
             Some((r, m)) => Condition::fail("ResolvedRefs", r, m.clone()),
         });
-        out.push(if self.programmable() {
-            Condition::ok("Programmed", "Programmed", "listener programmed")
-        } else {
-            Condition::fail(
+        out.push(match &self.conflict {
+            _ if self.programmable() => {
+                Condition::ok("Programmed", "Programmed", "listener programmed")
+            }
+            Some((r, m)) if CONFLICT_REASONS.contains(r) => {
+                Condition::fail("Programmed", r, m.clone())
+            }
+            _ => Condition::fail(
                 "Programmed",
                 "Invalid",
                 "listener is not valid; see the other conditions",
-            )
+            ),
         });
         out
     }
@@ -496,4 +529,89 @@ pub fn selector_matches(
                 _ => false,
             }
         })
+}
+
+/// One listener's claim on a bound socket, across every Gateway of ours on this node.
+struct SocketClaim {
+    ip: IpAddr,
+    port: u16,
+    transport: &'static str,
+    class: &'static str,
+    hostname: Option<String>,
+    gateway: String,
+}
+
+/// Every Gateway of ours binds on this one node, so listeners of different Gateways can contend
+/// for a socket. The older Gateway (creationTimestamp, then namespace/name, the spec's usual
+/// tie-break) keeps it. A later listener on the same address and port is `ProtocolConflict` when
+/// its protocol differs, `HostnameConflict` when the hostname is the same (TCP and UDP listeners
+/// have none, so they never share); listeners of one protocol with distinct hostnames share the
+/// socket, as listeners of one Gateway do. A wildcard bind (0.0.0.0 or ::) and a specific
+/// address on the same port cannot both be bound, so the later one is `PortUnavailable`.
+pub fn mark_socket_conflicts(gateways: &mut [GatewayState]) {
+    let mut order: Vec<usize> = (0..gateways.len()).collect();
+    order.sort_by(|&a, &b| {
+        let (a, b) = (&gateways[a], &gateways[b]);
+        (&a.created, &a.namespace, &a.name).cmp(&(&b.created, &b.namespace, &b.name))
+    });
+    let mut claims: Vec<SocketClaim> = Vec::new();
+    for gi in order {
+        let id = gateways[gi].id();
+        let addresses = gateways[gi].addresses.clone();
+        let mut mine = Vec::new();
+        for l in gateways[gi].listeners.iter_mut() {
+            let Some(protocol) = l.protocol else { continue };
+            if l.not_accepted.is_some() || l.conflict.is_some() {
+                continue;
+            }
+            let (transport, class) = protocol.class();
+            for &ip in &addresses {
+                for c in claims
+                    .iter()
+                    .filter(|c| c.port == l.port && c.transport == transport && c.gateway != id)
+                {
+                    if c.ip == ip {
+                        if c.class != class {
+                            l.conflict = Some((
+                                "ProtocolConflict",
+                                format!(
+                                    "{ip} port {} is served by Gateway {} with another protocol",
+                                    l.port, c.gateway
+                                ),
+                            ));
+                        } else if matches!(class, "tcp" | "udp") || c.hostname == l.hostname {
+                            l.conflict.get_or_insert((
+                                "HostnameConflict",
+                                format!(
+                                    "{ip} port {} with the same hostname is served by Gateway {}",
+                                    l.port, c.gateway
+                                ),
+                            ));
+                        }
+                    } else if c.ip.is_unspecified() || ip.is_unspecified() {
+                        l.not_accepted.get_or_insert((
+                            "PortUnavailable",
+                            format!(
+                                "{ip} port {} overlaps {} bound by Gateway {}",
+                                l.port, c.ip, c.gateway
+                            ),
+                        ));
+                    }
+                }
+            }
+            if l.conflict.is_none() && l.not_accepted.is_none() {
+                for &ip in &addresses {
+                    mine.push(SocketClaim {
+                        ip,
+                        port: l.port,
+                        transport,
+                        class,
+                        hostname: l.hostname.clone(),
+                        gateway: id.clone(),
+                    });
+                }
+            }
+        }
+        claims.extend(mine);
+    }
 }

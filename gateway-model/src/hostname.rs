@@ -63,6 +63,14 @@ fn intersect_one(a: &str, b: &str) -> Option<String> {
     }
 }
 
+/// Whether two effective patterns (None = any host) can match one same host.
+pub fn overlaps(a: &Option<String>, b: &Option<String>) -> bool {
+    match (a, b) {
+        (None, _) | (_, None) => true,
+        (Some(a), Some(b)) => intersect_one(a, b).is_some(),
+    }
+}
+
 /// Orders hostname patterns for matching: exact names first, then wildcards by decreasing length,
 /// then "any" (None). Ties by name, for determinism.
 pub fn order_key(pattern: &Option<String>) -> (u8, std::cmp::Reverse<usize>, String) {

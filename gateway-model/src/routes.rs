@@ -94,6 +94,7 @@ pub(crate) fn collect(objects: &Objects) -> Vec<RouteView> {
         };
         let (namespace, name) = ns_name(meta);
         out.push(RouteView {
+            invalid_rules: invalid_rules(&rules),
             kind,
             namespace,
             name,
@@ -111,52 +112,145 @@ fn s(v: &Value) -> Option<String> {
     v.as_str().map(str::to_string)
 }
 
-/// A reason the route cannot be accepted at all (Accepted=False, UnsupportedValue): an invalid
-/// regular expression, an unsupported filter type, a malformed duration.
-pub(crate) fn unsupported_value(r: &RouteView) -> Option<String> {
-    let rules = match &r.rules {
-        RouteRules::Http(rules) | RouteRules::Grpc(rules) => rules,
-        RouteRules::L4(_) => return None,
+/// Why one rule is invalid: (the spec's reason, message). An invalid rule is dropped; a route
+/// whose rules are all invalid is not accepted.
+pub(crate) type RuleProblem = (&'static str, String);
+
+/// The invalid rules of a route, by index. The spec: "All valid rules within a Route attached to
+/// this Listener should be implemented. Invalid Route rules can be ignored (sometimes that will
+/// mean the full Route)." Besides what nodegate cannot serve, this re-checks the CRD's CEL rules,
+/// which standalone YAML never passed through an API server.
+pub(crate) fn invalid_rules(rules: &RouteRules) -> Vec<(usize, RuleProblem)> {
+    let (rules, grpc) = match rules {
+        RouteRules::Http(rules) => (rules, false),
+        RouteRules::Grpc(rules) => (rules, true),
+        RouteRules::L4(_) => return Vec::new(),
     };
-    for (i, rule) in rules.iter().enumerate() {
-        let grpc = matches!(r.rules, RouteRules::Grpc(_));
-        for m in rule["matches"].as_array().into_iter().flatten() {
-            if let Err(e) = matcher(m, grpc) {
-                return Some(format!("rule {i}: {e}"));
-            }
+    rules
+        .iter()
+        .enumerate()
+        .filter_map(|(i, rule)| rule_problem(rule, grpc).map(|p| (i, p)))
+        .collect()
+}
+
+fn rule_problem(rule: &Value, grpc: bool) -> Option<RuleProblem> {
+    let unsupported = |m: String| Some(("UnsupportedValue", m));
+    let matches: Vec<&Value> = rule["matches"].as_array().into_iter().flatten().collect();
+    for m in &matches {
+        if let Err(e) = matcher(m, grpc) {
+            return unsupported(e);
         }
-        let mut filters: Vec<&Value> = rule["filters"].as_array().into_iter().flatten().collect();
-        for b in rule["backendRefs"].as_array().into_iter().flatten() {
-            filters.extend(b["filters"].as_array().into_iter().flatten());
+    }
+    let rule_filters: Vec<&Value> = rule["filters"].as_array().into_iter().flatten().collect();
+    let backends: Vec<&Value> = rule["backendRefs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .collect();
+    let has = |filters: &[&Value], ty: &str| filters.iter().filter(|f| f["type"] == ty).count();
+    // "This reason is used with the Accepted condition when there are incompatible filters
+    // present on a route rule (for example if the URLRewrite and RequestRedirect are both present
+    // on an HTTPRoute)."
+    if has(&rule_filters, "RequestRedirect") > 0 && has(&rule_filters, "URLRewrite") > 0 {
+        return Some((
+            "IncompatibleFilters",
+            "RequestRedirect and URLRewrite cannot be used together".into(),
+        ));
+    }
+    // CEL: "RequestRedirect filter must not be used together with backendRefs".
+    if has(&rule_filters, "RequestRedirect") > 0 && !backends.is_empty() {
+        return Some((
+            "IncompatibleFilters",
+            "RequestRedirect filter must not be used together with backendRefs".into(),
+        ));
+    }
+    let mut all_filters = vec![rule_filters.clone()];
+    all_filters.extend(
+        backends
+            .iter()
+            .map(|b| b["filters"].as_array().into_iter().flatten().collect()),
+    );
+    // "ReplacePrefixMatch is only compatible with a PathPrefix HTTPRouteMatch. Using any other
+    // HTTPRouteMatch type on the same HTTPRouteRule will result in the implementation setting
+    // the Accepted Condition for the Route to status: False." (CEL: exactly one PathPrefix match.)
+    let one_prefix = matches.len() == 1 && matches[0]["path"]["type"] == "PathPrefix";
+    for filters in &all_filters {
+        for ty in [
+            "RequestHeaderModifier",
+            "ResponseHeaderModifier",
+            "RequestRedirect",
+            "URLRewrite",
+            "CORS",
+        ] {
+            if has(filters, ty) > 1 {
+                return unsupported(format!("{ty} filter cannot be repeated"));
+            }
         }
         for f in filters {
-            if let Err(e) = filter_type_supported(f) {
-                return Some(format!("rule {i}: {e}"));
+            for key in ["requestRedirect", "urlRewrite"] {
+                if f[key]["path"]["type"] == "ReplacePrefixMatch" && !grpc && !one_prefix {
+                    return unsupported(format!(
+                        "{key}.path.replacePrefixMatch needs exactly one PathPrefix match"
+                    ));
+                }
+            }
+            let mirror = &f["requestMirror"];
+            if !mirror["percent"].is_null() && !mirror["fraction"].is_null() {
+                return unsupported(
+                    "Only one of percent or fraction may be specified in HTTPRequestMirrorFilter"
+                        .into(),
+                );
+            }
+            if f["type"] == "RequestMirror" && mirror["backendRef"].is_null() {
+                return unsupported("RequestMirror needs a backendRef".into());
             }
         }
-        for key in ["request", "backendRequest"] {
-            if let Some(d) = rule["timeouts"][key].as_str()
-                && parse_duration(d).is_none()
-            {
-                return Some(format!(
-                    "rule {i}: timeouts.{key} {d:?} is not a Gateway API duration"
-                ));
+    }
+    let mut parsed = [None, None];
+    for (slot, key) in ["request", "backendRequest"].into_iter().enumerate() {
+        if let Some(d) = rule["timeouts"][key].as_str() {
+            match parse_duration(d) {
+                Some(d) => parsed[slot] = Some(d),
+                None => {
+                    return unsupported(format!(
+                        "timeouts.{key} {d:?} is not a Gateway API duration"
+                    ));
+                }
             }
         }
+    }
+    // CEL: "backendRequest timeout cannot be longer than request timeout" (0s disables it).
+    if let [Some(request), Some(backend)] = parsed
+        && !request.is_zero()
+        && backend > request
+    {
+        return unsupported("backendRequest timeout cannot be longer than request timeout".into());
+    }
+    if let Some(b) = rule["retry"]["backoff"].as_str()
+        && parse_duration(b).is_none()
+    {
+        return unsupported(format!("retry.backoff {b:?} is not a Gateway API duration"));
     }
     None
 }
 
-fn filter_type_supported(f: &Value) -> Result<(), String> {
-    match f["type"].as_str().unwrap_or_default() {
-        "RequestHeaderModifier"
-        | "ResponseHeaderModifier"
-        | "RequestRedirect"
-        | "URLRewrite"
-        | "RequestMirror"
-        | "CORS" => Ok(()),
-        "ExtensionRef" => Err("ExtensionRef filters are not supported by nodegate".into()),
-        other => Err(format!("filter type {other} is not supported")),
+/// Whether a filter is an ExtensionRef, which nodegate cannot resolve: "If a reference to a custom
+/// filter type cannot be resolved, the filter MUST NOT be skipped. Instead, requests that would
+/// have been processed by that filter MUST receive a HTTP error response."
+fn is_extension_ref(f: &Value) -> bool {
+    f["type"] == "ExtensionRef"
+}
+
+fn extension_ref_problem(f: &Value) -> RefProblem {
+    let e = &f["extensionRef"];
+    RefProblem {
+        reason: "InvalidKind",
+        message: format!(
+            "ExtensionRef filter {}/{} {} is not supported by nodegate",
+            e["group"].as_str().unwrap_or_default(),
+            e["kind"].as_str().unwrap_or_default(),
+            e["name"].as_str().unwrap_or_default()
+        ),
     }
 }
 
@@ -290,7 +384,7 @@ fn strings(v: &Value) -> Vec<String> {
     v.as_array().into_iter().flatten().filter_map(s).collect()
 }
 
-/// A typed filter; None for types `unsupported_value` already refused.
+/// A typed filter; None for ExtensionRef (handled by the caller) and rules already refused.
 fn filter(
     objects: &Objects,
     r: &RouteView,
@@ -404,8 +498,25 @@ pub(crate) fn first_ref_problem(objects: &Objects, r: &RouteView) -> Option<RefP
             .filter_map(|b| serde_json::from_value(b).ok())
             .collect(),
     };
+    let extension = match &r.rules {
+        RouteRules::L4(_) => None,
+        RouteRules::Http(rules) | RouteRules::Grpc(rules) => rules
+            .iter()
+            .flat_map(|rule| {
+                let own = rule["filters"].as_array().into_iter().flatten();
+                let per_backend = rule["backendRefs"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|b| b["filters"].as_array().into_iter().flatten());
+                own.chain(per_backend)
+            })
+            .find(|f| is_extension_ref(f))
+            .map(extension_ref_problem),
+    };
     refs.iter()
         .find_map(|br| resolve_backend(objects, r.kind.as_str(), &r.namespace, br).err())
+        .or(extension)
 }
 
 /// The HTTP rules of an HTTPRoute or GRPCRoute: one per (rule, match).
@@ -421,32 +532,47 @@ pub(crate) fn http_rules(
     };
     let mut out = Vec::new();
     for (ri, rule) in rules.iter().enumerate() {
-        let filters: Vec<Filter> = rule["filters"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|f| filter(objects, r, f, problem))
-            .collect();
+        if r.invalid_rules.iter().any(|(i, _)| *i == ri) {
+            continue; // dropped: the route is PartiallyInvalid (or not accepted at all)
+        }
+        let raw_filters: Vec<&Value> = rule["filters"].as_array().into_iter().flatten().collect();
+        let mut extension = raw_filters.iter().find(|f| is_extension_ref(f)).copied();
+        let filters: Vec<Filter> = if let Some(f) = extension {
+            problem.get_or_insert(extension_ref_problem(f));
+            Vec::new() // the rule answers 500: its filters must not half-run
+        } else {
+            raw_filters
+                .iter()
+                .filter_map(|f| filter(objects, r, f, problem))
+                .collect()
+        };
         let backends: Vec<Backend> = rule["backendRefs"]
             .as_array()
             .into_iter()
             .flatten()
             .filter_map(|b| {
                 let br: BackendRef = serde_json::from_value(b.clone()).ok()?;
-                let own: Vec<Filter> = b["filters"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
+                let raw: Vec<&Value> = b["filters"].as_array().into_iter().flatten().collect();
+                let own: Vec<Filter> = raw
+                    .iter()
                     .filter_map(|f| filter(objects, r, f, problem))
                     .collect();
-                Some(backend(objects, r, &br, own, problem))
+                let mut backend = backend(objects, r, &br, own, problem);
+                if let Some(f) = raw.iter().find(|f| is_extension_ref(f)) {
+                    // Requests picked for this backend get a 500, in proportion to its weight.
+                    problem.get_or_insert(extension_ref_problem(f));
+                    backend.resolved = false;
+                }
+                Some(backend)
             })
             .collect();
         let redirects = filters
             .iter()
             .any(|f| matches!(f, Filter::RequestRedirect { .. }));
         let usable = backends.iter().any(|b| b.weight > 0 && b.resolved);
-        let fallback = if usable || redirects {
+        let fallback = if extension.take().is_some() {
+            Fallback::InternalError
+        } else if usable || redirects {
             Fallback::Forward
         } else {
             Fallback::InternalError

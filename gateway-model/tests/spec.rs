@@ -651,9 +651,12 @@ fn tcp_listener_takes_the_oldest_route_and_weights_spread_over_endpoints() {
         parent_cond(&c, "TCPRoute", "default", "older", "Accepted").0,
         "True"
     );
+    // Conformance (TCPRouteMultipleRoutesAttachment): "Both routes report Accepted=True; the
+    // newer route is rejected at the listener-attachment level" and the listener reports 2
+    // attached routes; "only the oldest route is bound to the listener".
     assert_eq!(
         parent_cond(&c, "TCPRoute", "default", "newer", "Accepted"),
-        ("False".into(), "NotAllowedByListeners".into())
+        ("True".into(), "Accepted".into())
     );
     let tcp = c
         .model
@@ -681,7 +684,7 @@ fn tcp_listener_takes_the_oldest_route_and_weights_spread_over_endpoints() {
             ("10.2.0.3:9000".into(), 20_000)
         ]
     );
-    assert_eq!(listener(&c, "gw", "tcp")["attachedRoutes"], 1);
+    assert_eq!(listener(&c, "gw", "tcp")["attachedRoutes"], 2);
     // A UDP listener with no route still exists (it counts, and has no backends).
     let udp = c
         .model
@@ -821,10 +824,16 @@ fn filters_are_typed_and_extension_refs_rejected() {
   - filters: [{type: ExtensionRef, extensionRef: {group: example.com, kind: Thing, name: t}}]"
         )
     ));
+    // "If a reference to a custom filter type cannot be resolved, the filter MUST NOT be
+    // skipped. Instead, requests that would have been processed by that filter MUST receive a
+    // HTTP error response." The reference is to an unsupported kind: ResolvedRefs InvalidKind.
     assert_eq!(
-        parent_cond(&c, "HTTPRoute", "default", "r", "Accepted"),
-        ("False".into(), "UnsupportedValue".into())
+        parent_cond(&c, "HTTPRoute", "default", "r", "ResolvedRefs"),
+        ("False".into(), "InvalidKind".into())
     );
+    let rule = &c.model.http[0].hosts[0].rules[0];
+    assert_eq!(rule.fallback, Fallback::InternalError);
+    assert!(rule.filters.is_empty(), "no filter of the rule half-runs");
     let c = compiled(&format!(
         "{GW_HTTP}{}",
         http_route(
