@@ -117,6 +117,64 @@ pub struct SniRoute {
     pub backends: Vec<WeightedEndpoint>,
 }
 
+impl Model {
+    /// The HTTP/HTTPS listener bound to `socket` (the address the data plane bound, e.g.
+    /// `0.0.0.0:80`, not the connection's local address).
+    pub fn http_listener(&self, socket: SocketAddr) -> Option<&HttpListener> {
+        self.http.iter().find(|l| l.address == socket)
+    }
+
+    /// The rule serving one HTTP request on the listener bound to `socket`: the same matching
+    /// the proxy runs, so tests and the data plane share one implementation. `headers` returns
+    /// every value of a header name (lower case); `query` is the raw query string.
+    pub fn route_http<'a>(
+        &'a self,
+        socket: SocketAddr,
+        host: &str,
+        method: &str,
+        path: &str,
+        headers: &dyn Fn(&str) -> Vec<String>,
+        query: &str,
+    ) -> Option<&'a HttpRule> {
+        self.http_listener(socket)?
+            .route(&crate::http::RequestView {
+                host,
+                method,
+                path,
+                query,
+                headers,
+            })
+    }
+
+    /// The rule serving one gRPC call (`/{service}/{method}` over HTTP/2 POST).
+    pub fn route_grpc<'a>(
+        &'a self,
+        socket: SocketAddr,
+        host: &str,
+        service: &str,
+        method: &str,
+        headers: &dyn Fn(&str) -> Vec<String>,
+    ) -> Option<&'a HttpRule> {
+        let path = format!("/{service}/{method}");
+        self.route_http(socket, host, "POST", &path, headers, "")
+    }
+
+    /// The TCP or UDP listener bound to `socket`.
+    pub fn l4_listener(&self, socket: SocketAddr, protocol: L4Protocol) -> Option<&L4Listener> {
+        self.l4
+            .iter()
+            .find(|l| l.address == socket && l.protocol == protocol)
+    }
+
+    /// Where a TLS connection with this SNI goes on the passthrough listener bound to `socket`.
+    pub fn route_sni(&self, socket: SocketAddr, sni: &str) -> Option<&SniRoute> {
+        self.passthrough
+            .iter()
+            .find(|l| l.address == socket)?
+            .route_for(sni)
+    }
+}
+
 impl PassthroughListener {
     /// The route for a ClientHello's SNI (exact before wildcard, longest wildcard first).
     pub fn route_for(&self, sni: &str) -> Option<&SniRoute> {
