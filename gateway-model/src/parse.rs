@@ -105,7 +105,11 @@ pub fn parse_documents_with_warnings(origin: &str, text: &str) -> Vec<Result<Obj
     out
 }
 
-/// What one document turned out to be.
+/// What one document turned out to be (short-lived: one per document, moved out at once).
+#[allow(
+    clippy::large_enum_variant,
+    reason = "returned by value once per document and unpacked immediately"
+)]
 enum Read {
     Object(Object),
     /// `apiVersion kind` of a document nodegate does not read.
