@@ -34,6 +34,13 @@ pub fn l4_listeners(model: &Model) -> Vec<ListenerEntry> {
                 socket,
                 transport,
                 name: l.name.clone(),
+                // Only backends of the socket's family can be reached by its NAT.
+                backends: l
+                    .backends
+                    .iter()
+                    .filter(|b| b.address.is_ipv4() == socket.is_ipv4())
+                    .map(|b| (b.address, b.weight))
+                    .collect(),
             });
         }
     }

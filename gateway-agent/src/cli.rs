@@ -67,6 +67,28 @@ pub struct RunArgs {
     /// Address listeners bind to when their Gateway has no spec.addresses.
     #[arg(long, default_value = "0.0.0.0")]
     pub bind_address: std::net::IpAddr,
+    /// Source ports the L4 NAT uses towards backends (inclusive range; keep it clear of the
+    /// kernel's ephemeral ports, net.ipv4.ip_local_port_range).
+    #[arg(long, default_value = "61000-65535", value_parser = parse_port_range)]
+    pub snat_ports: (u16, u16),
+    /// Capacity of the L4 connection table (entries; each flow takes two). An LRU: under a flood
+    /// the oldest entries go first and the table never grows past this.
+    #[arg(long, default_value_t = gateway_common::nat::DEFAULT_FLOWS)]
+    pub conntrack_size: u32,
+}
+
+fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or("expected FIRST-LAST, e.g. 61000-65535")?;
+    let (a, b): (u16, u16) = (
+        a.parse().map_err(|e| format!("{e}"))?,
+        b.parse().map_err(|e| format!("{e}"))?,
+    );
+    if a == 0 || b <= a {
+        return Err("the range must be non-empty and start above 0".into());
+    }
+    Ok((a, b))
 }
 
 /// Output format of `check`.

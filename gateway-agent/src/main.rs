@@ -70,13 +70,15 @@ async fn run(args: cli::RunArgs) -> anyhow::Result<()> {
             interfaces: args.interfaces.clone(),
             attach: args.attach,
             bpffs: args.bpffs.clone(),
+            snat_ports: args.snat_ports,
+            conntrack_size: args.conntrack_size,
         })
         .await?,
     ));
     dataplane
         .lock()
         .await
-        .set_listeners(&bridge::l4_listeners(&first.model))
+        .apply(&bridge::l4_listeners(&first.model))
         .context("programming the first model")?;
 
     // Consumer: the data plane follows every new snapshot; a failed apply keeps the last good maps.
@@ -87,7 +89,7 @@ async fn run(args: cli::RunArgs) -> anyhow::Result<()> {
             if let Err(e) = dp
                 .lock()
                 .await
-                .set_listeners(&bridge::l4_listeners(&snap.model))
+                .apply(&bridge::l4_listeners(&snap.model))
             {
                 tracing::error!(generation = snap.generation, error = %format!("{e:#}"),
                     "data plane update failed; keeping the previous maps");

@@ -7,6 +7,7 @@
 
 pub mod counters;
 pub mod listener;
+pub mod nat;
 
 /// Names under which the agent pins each map below `--bpffs`, and the symbols in the object file.
 pub mod map_names {
@@ -16,6 +17,18 @@ pub mod map_names {
     pub const LISTENER_STATS: &str = "LISTENER_STATS";
     /// Per-CPU [`crate::counters::TrafficCounters`] indexed by [`crate::counters::DropReason`].
     pub const DROP_STATS: &str = "DROP_STATS";
+    /// listener id → [`crate::nat::ServiceValue`].
+    pub const SERVICES: &str = "SERVICES";
+    /// Ring entries (backend ids), `MAX_RING_SLOTS * MAGLEV_SIZE` of them.
+    pub const MAGLEV_RINGS: &str = "MAGLEV_RINGS";
+    /// backend id → [`crate::nat::BackendValue`].
+    pub const BACKENDS: &str = "BACKENDS";
+    /// [`crate::nat::FlowKey`] → [`crate::nat::FlowNat`] (LRU).
+    pub const FLOWS: &str = "FLOWS";
+    /// ifindex → [`crate::nat::IfAddr`].
+    pub const IFADDRS: &str = "IFADDRS";
+    /// `[0]` → [`crate::nat::NatConfig`].
+    pub const NAT_CONFIG: &str = "NAT_CONFIG";
 }
 
 /// Names of the programs in the object file.

@@ -4,8 +4,10 @@
 #![no_main]
 
 mod maps;
+mod nat;
 mod parse;
 
+use aya_ebpf::helpers::bpf_redirect;
 use aya_ebpf::{
     EbpfContext,
     bindings::{TC_ACT_OK, xdp_action},
@@ -20,9 +22,11 @@ use parse::{Packet, ParseError};
 #[xdp]
 pub fn nodegate_xdp(ctx: XdpContext) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
-    match handle(&ctx, ctx.data(), ctx.data_end(), len) {
+    let ifindex = ctx.ingress_ifindex() as u32;
+    match handle(&ctx, ctx.data(), ctx.data_end(), len, ifindex) {
         Verdict::Pass => xdp_action::XDP_PASS,
         Verdict::Drop => xdp_action::XDP_DROP,
+        Verdict::Redirect(to) => unsafe { bpf_redirect(to, 0) as u32 },
     }
 }
 
@@ -30,19 +34,30 @@ pub fn nodegate_xdp(ctx: XdpContext) -> u32 {
 #[classifier]
 pub fn nodegate_tc_ingress(ctx: TcContext) -> i32 {
     let len = ctx.len() as u64;
-    match handle(&ctx, ctx.data(), ctx.data_end(), len) {
+    // Direct packet access needs the headers in the linear part of the skb.
+    let _ = ctx.pull_data(core::cmp::min(len as u32, 128));
+    let ifindex = unsafe { (*ctx.skb.skb).ingress_ifindex };
+    match handle(&ctx, ctx.data(), ctx.data_end(), len, ifindex) {
         Verdict::Pass => TC_ACT_OK,
         Verdict::Drop => aya_ebpf::bindings::TC_ACT_SHOT,
+        Verdict::Redirect(to) => unsafe { bpf_redirect(to, 0) as i32 },
     }
 }
 
 enum Verdict {
     Pass,
     Drop,
+    Redirect(u32),
 }
 
 #[inline(always)]
-fn handle<C: EbpfContext>(ctx: &C, data: usize, data_end: usize, len: u64) -> Verdict {
+fn handle<C: EbpfContext>(
+    ctx: &C,
+    data: usize,
+    data_end: usize,
+    len: u64,
+    ifindex: u32,
+) -> Verdict {
     let packet = match parse::parse(data, data_end) {
         Ok(Some(p)) => p,
         // Not IP, or IP but not TCP/UDP: not ours.
@@ -59,12 +74,20 @@ fn handle<C: EbpfContext>(ctx: &C, data: usize, data_end: usize, len: u64) -> Ve
             };
         }
     };
-    on_packet(ctx, &packet, len)
+    on_packet(ctx, data, data_end, &packet, len, ifindex)
 }
 
 #[inline(always)]
-fn on_packet<C: EbpfContext>(ctx: &C, packet: &Packet, len: u64) -> Verdict {
-    if let Some(listener) = maps::find_listener(packet) {
+fn on_packet<C: EbpfContext>(
+    ctx: &C,
+    data: usize,
+    data_end: usize,
+    packet: &Packet,
+    len: u64,
+    ifindex: u32,
+) -> Verdict {
+    let listener = maps::find_listener(packet);
+    if let Some(listener) = listener {
         maps::count_listener(listener.id, len);
         if packet.tcp_syn {
             debug!(
@@ -73,7 +96,10 @@ fn on_packet<C: EbpfContext>(ctx: &C, packet: &Packet, len: u64) -> Verdict {
             );
         }
     }
-    Verdict::Pass
+    match nat::handle_v4(ctx, data, data_end, packet, listener.map(|l| l.id), ifindex) {
+        nat::Forward::Redirect(to) => Verdict::Redirect(to),
+        nat::Forward::Pass => Verdict::Pass,
+    }
 }
 
 impl ParseError {

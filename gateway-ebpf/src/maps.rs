@@ -2,12 +2,16 @@
 //! its key, value, writer and reader. All are BTF maps, so `bpftool map dump` prints field names.
 
 use aya_ebpf::{
-    btf_maps::{HashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use gateway_common::{
     counters::{DropReason, MAX_DROP_REASONS, TrafficCounters},
     listener::{ListenerKey, ListenerValue, MAX_LISTENERS},
+    nat::{
+        BackendValue, DEFAULT_FLOWS, FlowKey, FlowNat, IfAddr, MAGLEV_SIZE, MAX_BACKENDS,
+        MAX_IFADDRS, MAX_RING_SLOTS, NatConfig, ServiceValue,
+    },
 };
 
 use crate::parse::Packet;
@@ -28,6 +32,34 @@ static LISTENER_STATS: PerCpuArray<TrafficCounters, { MAX_LISTENERS as usize }> 
 /// [`TrafficCounters`]. Written here; summed by the agent for `/metrics`.
 #[btf_map]
 static DROP_STATS: PerCpuArray<TrafficCounters, { MAX_DROP_REASONS as usize }> = PerCpuArray::new();
+
+/// L4 services by listener id: which Maglev ring is live and how many backends it holds. Written
+/// by the agent after the ring is complete; read here when a flow starts.
+#[btf_map]
+pub static SERVICES: HashMap<u32, ServiceValue, { MAX_LISTENERS as usize }> = HashMap::new();
+
+/// Maglev rings: `ring_slot * MAGLEV_SIZE + hash % MAGLEV_SIZE` → backend id. Written by the agent
+/// (into a slot no service points at, before the flip in `SERVICES`); read here.
+#[btf_map]
+pub static MAGLEV_RINGS: Array<u32, { (MAX_RING_SLOTS * MAGLEV_SIZE) as usize }> = Array::new();
+
+/// Backend id → address and port. Written by the agent; read here.
+#[btf_map]
+pub static BACKENDS: Array<BackendValue, { MAX_BACKENDS as usize }> = Array::new();
+
+/// The connection table, both directions: arriving 5-tuple → rewrite. Written here when a flow
+/// starts and on every packet (last seen); bounded by LRU (size set by `--conntrack-size`); aged
+/// and read by the agent.
+#[btf_map]
+pub static FLOWS: LruHashMap<FlowKey, FlowNat, { DEFAULT_FLOWS as usize }> = LruHashMap::new();
+
+/// ifindex → the gateway's IPv4 address there (the SNAT source). Written by the agent.
+#[btf_map]
+pub static IFADDRS: HashMap<u32, IfAddr, { MAX_IFADDRS as usize }> = HashMap::new();
+
+/// `[0]`: the SNAT port range. Written by the agent at start.
+#[btf_map]
+pub static NAT_CONFIG: Array<NatConfig, 1> = Array::new();
 
 /// Finds the listener a packet is addressed to: exact address first, then the wildcard address.
 #[inline(always)]

@@ -43,6 +43,12 @@ pub struct Packet {
     pub dport: u16,
     /// A TCP segment with SYN set and ACK clear (a connection attempt).
     pub tcp_syn: bool,
+    /// TCP FIN or RST flags: `FLOW_F_FIN` / `FLOW_F_RST` bits.
+    pub tcp_end: u32,
+    /// Offset of the IP header from the start of the frame.
+    pub l3_off: usize,
+    /// Offset of the TCP/UDP header.
+    pub l4_off: usize,
 }
 
 /// Returns a pointer to a `T` at `offset` from `start` if the whole `T` lies before `end`.
@@ -75,6 +81,9 @@ pub fn parse(data: usize, data_end: usize) -> Result<Option<Packet>, ParseError>
         sport: 0,
         dport: 0,
         tcp_syn: false,
+        tcp_end: 0,
+        l3_off: offset,
+        l4_off: 0,
     };
     match ether_type {
         ETH_P_IPV4 => {
@@ -106,6 +115,7 @@ pub fn parse(data: usize, data_end: usize) -> Result<Option<Packet>, ParseError>
         }
         _ => return Ok(None),
     }
+    packet.l4_off = offset;
     match packet.proto {
         PROTO_TCP => {
             let tcp: *const TcpHdr = ptr_at(data, data_end, offset)?;
@@ -116,6 +126,12 @@ pub fn parse(data: usize, data_end: usize) -> Result<Option<Packet>, ParseError>
             packet.sport = u16::from_be_bytes(tcp.source);
             packet.dport = u16::from_be_bytes(tcp.dest);
             packet.tcp_syn = tcp.syn() != 0 && tcp.ack() == 0;
+            if tcp.fin() != 0 {
+                packet.tcp_end |= gateway_common::nat::FLOW_F_FIN;
+            }
+            if tcp.rst() != 0 {
+                packet.tcp_end |= gateway_common::nat::FLOW_F_RST;
+            }
         }
         PROTO_UDP => {
             let udp: *const UdpHdr = ptr_at(data, data_end, offset)?;

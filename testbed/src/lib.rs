@@ -575,3 +575,104 @@ pub fn http_echo_server(
     rx.recv()?
         .with_context(|| format!("binding the echo server on {addr}"))
 }
+
+/// Starts a TCP server on `addr` inside `ns` that greets each connection with `<name>\n` and then
+/// echoes what it receives until the client closes.
+pub fn tcp_echo_server(
+    ns: &Netns,
+    addr: std::net::SocketAddr,
+    name: &'static str,
+) -> anyhow::Result<()> {
+    use std::io::{Read as _, Write as _};
+    let (tx, rx) = std::sync::mpsc::channel();
+    ns.spawn(move || {
+        let listener = match std::net::TcpListener::bind(addr) {
+            Ok(l) => {
+                let _ = tx.send(Ok(()));
+                l
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                return;
+            }
+        };
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut stream = stream;
+                if writeln!(stream, "{name}").is_err() {
+                    return;
+                }
+                let mut buf = [0u8; 16 * 1024];
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    })?;
+    rx.recv()?
+        .with_context(|| format!("binding the TCP echo server on {addr}"))
+}
+
+/// Starts a UDP server on `addr` inside `ns` answering each datagram with `<name>:` + the datagram.
+pub fn udp_echo_server(
+    ns: &Netns,
+    addr: std::net::SocketAddr,
+    name: &'static str,
+) -> anyhow::Result<()> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    ns.spawn(move || {
+        let sock = match std::net::UdpSocket::bind(addr) {
+            Ok(s) => {
+                let _ = tx.send(Ok(()));
+                s
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                return;
+            }
+        };
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = sock.recv_from(&mut buf) {
+            let mut reply = format!("{name}:").into_bytes();
+            reply.extend_from_slice(&buf[..n]);
+            let _ = sock.send_to(&reply, from);
+        }
+    })?;
+    rx.recv()?
+        .with_context(|| format!("binding the UDP echo server on {addr}"))
+}
+
+/// Opens a TCP connection to `addr` from the current thread's namespace, reads the greeting line
+/// of a [`tcp_echo_server`], checks one echo round trip, and returns the greeting.
+pub fn tcp_hello(addr: std::net::SocketAddr) -> anyhow::Result<String> {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    let stream = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(3)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut greeting = String::new();
+    reader.read_line(&mut greeting)?;
+    (&stream).write_all(b"ping\n")?;
+    let mut echo = String::new();
+    reader.read_line(&mut echo)?;
+    if echo != "ping\n" {
+        bail!("echo through {addr} returned {echo:?}");
+    }
+    Ok(greeting.trim().to_string())
+}
+
+/// Sends one UDP datagram to `addr` from the current thread's namespace and waits for the reply.
+pub fn udp_request(addr: std::net::SocketAddr, payload: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let bind: std::net::SocketAddr = if addr.is_ipv4() {
+        "0.0.0.0:0".parse()?
+    } else {
+        "[::]:0".parse()?
+    };
+    let sock = std::net::UdpSocket::bind(bind)?;
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(2)))?;
+    sock.send_to(payload, addr)?;
+    let mut buf = [0u8; 2048];
+    let (n, _) = sock.recv_from(&mut buf)?;
+    Ok(buf[..n].to_vec())
+}

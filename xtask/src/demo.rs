@@ -67,6 +67,10 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     // HTTP backends in the backend namespace, where examples/standalone's EndpointSlices point.
     testbed::http_echo_server(&topo.backend, "10.90.2.2:8080".parse()?, "web-v1")?;
     testbed::http_echo_server(&topo.backend, "10.90.2.3:8080".parse()?, "web-v2")?;
+    // TCP and UDP backends of the TCPRoute (80/20) and the UDPRoute.
+    testbed::tcp_echo_server(&topo.backend, "10.90.2.2:9000".parse()?, "echo-a")?;
+    testbed::tcp_echo_server(&topo.backend, "10.90.2.3:9000".parse()?, "echo-b")?;
+    testbed::udp_echo_server(&topo.backend, "10.90.2.2:5353".parse()?, "dns")?;
     println!(
         "== topology: client {} — gateway {} ({}) — backends in {}",
         topo.client.name, topo.gateway.name, GATEWAY_CLIENT_IFACE, topo.backend.name
@@ -126,7 +130,38 @@ fn drive(topo: &Topology, bpffs: &std::path::Path) -> anyhow::Result<()> {
     if !rose {
         bail!("no listener counter rose while traffic flowed");
     }
+    l4_section(topo)?;
     http_section(topo)
+}
+
+/// TCPRoute and UDPRoute traffic forwarded by the kernel program.
+fn l4_section(topo: &Topology) -> anyhow::Result<()> {
+    println!("== TCPRoute default/echo (80/20) and UDPRoute default/dns, forwarded in the kernel");
+    let lines = topo.client.run(|| -> anyhow::Result<Vec<String>> {
+        let tcp = SocketAddr::new(GATEWAY_V4.into(), 9000);
+        let mut split = std::collections::BTreeMap::new();
+        for _ in 0..100 {
+            *split.entry(testbed::tcp_hello(tcp)?).or_insert(0) += 1;
+        }
+        let mut out = vec![format!(
+            "100 TCP connections to {tcp}, each with an echo round trip: {split:?}"
+        )];
+        let udp = SocketAddr::new(GATEWAY_V4.into(), 5353);
+        let reply = testbed::udp_request(udp, b"query example.com")?;
+        out.push(format!(
+            "UDP request to {udp} -> {:?}",
+            String::from_utf8_lossy(&reply)
+        ));
+        let a = split.get("echo-a").copied().unwrap_or(0);
+        if !(60..=95).contains(&a) || !reply.starts_with(b"dns:") {
+            bail!("L4 forwarding did not behave as configured: {out:?}");
+        }
+        Ok(out)
+    })??;
+    for l in lines {
+        println!("   {l}");
+    }
+    Ok(())
 }
 
 /// HTTPRoute traffic through the L7 proxy: a weighted split, a header match, a redirect, a rewrite.
@@ -234,6 +269,8 @@ impl Agent {
             .args([
                 "--interface",
                 GATEWAY_CLIENT_IFACE,
+                "--interface",
+                testbed::GATEWAY_BACKEND_IFACE,
                 "--attach",
                 &args.attach,
                 "--bpffs",

@@ -32,6 +32,8 @@ pub struct ListenerEntry {
     pub transport: Transport,
     /// `namespace/gateway/listener`, for metrics and logs.
     pub name: String,
+    /// The backends of the route it serves, with weights (empty: packets go to the stack).
+    pub backends: Vec<(SocketAddr, u32)>,
 }
 
 impl ListenerEntry {
@@ -106,6 +108,7 @@ impl ListenerTable {
         for (k, entry) in wanted {
             if let Some((_, old)) = self.written.get_mut(&k) {
                 old.name = entry.name.clone();
+                old.backends = entry.backends.clone();
                 continue;
             }
             let id = (0..MAX_LISTENERS)

@@ -3,7 +3,10 @@
 
 mod attach;
 mod bpffs;
+mod ifaddrs;
 mod listeners;
+mod maglev;
+mod services;
 mod stats;
 
 use std::path::PathBuf;
@@ -22,10 +25,16 @@ use crate::cli::AttachMode;
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gateway-ebpf"));
 
 /// Every map the agent pins, by its name in the object.
-const PINNED_MAPS: [&str; 3] = [
+const PINNED_MAPS: [&str; 9] = [
     map_names::LISTENERS,
     map_names::LISTENER_STATS,
     map_names::DROP_STATS,
+    map_names::SERVICES,
+    map_names::MAGLEV_RINGS,
+    map_names::BACKENDS,
+    map_names::FLOWS,
+    map_names::IFADDRS,
+    map_names::NAT_CONFIG,
 ];
 
 /// How the data plane is set up.
@@ -37,6 +46,10 @@ pub struct Options {
     pub attach: AttachMode,
     /// bpffs directory for pins.
     pub bpffs: PathBuf,
+    /// Source ports for SNAT, inclusive.
+    pub snat_ports: (u16, u16),
+    /// Capacity of the connection table.
+    pub conntrack_size: u32,
 }
 
 /// The loaded object, its attachments and pins. Dropping it detaches the programs.
@@ -45,6 +58,7 @@ pub struct Dataplane {
     attachments: Vec<Attachment>,
     bpffs: PathBuf,
     listeners: listeners::ListenerTable,
+    services: services::ServiceTable,
     logger: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -56,6 +70,7 @@ impl Dataplane {
         let kernel_log_level = kernel_log_level();
         let mut ebpf = EbpfLoader::new()
             .override_global("AYA_LOG_LEVEL", &kernel_log_level, false)
+            .map_max_entries(map_names::FLOWS, opts.conntrack_size)
             .load(EBPF_OBJECT)
             .context("loading the eBPF object")?;
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
@@ -65,6 +80,16 @@ impl Dataplane {
                 None
             }
         };
+        {
+            let mut cfg: aya::maps::Array<_, gateway_common::nat::NatConfig> =
+                aya::maps::Array::try_from(
+                    ebpf.map_mut(map_names::NAT_CONFIG)
+                        .context("NAT_CONFIG map missing")?,
+                )?;
+            let (port_min, port_max) = opts.snat_ports;
+            cfg.set(0, gateway_common::nat::NatConfig { port_min, port_max }, 0)?;
+        }
+        ifaddrs::sync(&mut ebpf)?;
         let attachments = attach::attach_all(&mut ebpf, &opts.interfaces, opts.attach)?;
         for name in PINNED_MAPS {
             let path = opts.bpffs.join(name);
@@ -84,13 +109,23 @@ impl Dataplane {
             attachments,
             bpffs: opts.bpffs.clone(),
             listeners: listeners::ListenerTable::default(),
+            services: services::ServiceTable::default(),
             logger,
         })
     }
 
-    /// Makes the `LISTENERS` map hold exactly `entries` (diffed: untouched keys are not rewritten).
-    pub fn set_listeners(&mut self, entries: &[ListenerEntry]) -> anyhow::Result<()> {
-        self.listeners.sync(&mut self.ebpf, entries)
+    /// Makes the maps serve `entries`: `LISTENERS` (diffed: untouched keys are not rewritten),
+    /// then the services, rings and backends of the listeners that have backends, and the
+    /// interface addresses used for SNAT.
+    pub fn apply(&mut self, entries: &[ListenerEntry]) -> anyhow::Result<()> {
+        self.listeners.sync(&mut self.ebpf, entries)?;
+        let wanted: std::collections::BTreeMap<u32, Vec<(std::net::SocketAddr, u32)>> = self
+            .listeners
+            .entries()
+            .map(|(id, e)| (id, e.backends.clone()))
+            .collect();
+        ifaddrs::sync(&mut self.ebpf)?;
+        self.services.sync(&mut self.ebpf, &wanted)
     }
 
     /// Reads every counter, summed over CPUs.

@@ -1,0 +1,118 @@
+//! The L4 load balancer's maps: services, Maglev rings, backends, the connection table and the
+//! gateway's own addresses. Every map is written by the agent except `FLOWS`, which the kernel
+//! programs write (the agent only reads and ages it).
+
+/// Entries per Maglev ring (a prime, as Maglev requires). A ring maps a flow hash to a backend id.
+pub const MAGLEV_SIZE: u32 = 4099;
+/// Ring slots: every L4 service owns two (the live one and the one being rewritten).
+pub const MAX_RING_SLOTS: u32 = 128;
+/// Backend ids are below this.
+pub const MAX_BACKENDS: u32 = 4096;
+/// Default capacity of the connection table (both directions count); `--conntrack-size` changes it.
+pub const DEFAULT_FLOWS: u32 = 65536;
+/// Interfaces with an address entry.
+pub const MAX_IFADDRS: u32 = 256;
+
+/// `SERVICES` value, keyed by listener id. Written by the agent after the ring it names is
+/// complete (so a flow never sees a half-written ring); read by XDP/TC for new flows.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ServiceValue {
+    /// Index of the live ring in `MAGLEV_RINGS` (entries `ring_slot * MAGLEV_SIZE ..`).
+    pub ring_slot: u32,
+    /// Number of backends in the ring; 0 means none (packets go to the stack).
+    pub backends: u32,
+}
+
+/// `BACKENDS` value, indexed by backend id. Written by the agent; read by XDP/TC.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct BackendValue {
+    /// Address (IPv4 in the first four bytes).
+    pub addr: [u8; 16],
+    /// Port, host byte order.
+    pub port: u16,
+    /// 4 or 6.
+    pub family: u8,
+    /// Explicit padding.
+    pub _pad: u8,
+}
+
+/// `FLOWS` key: a packet's 5-tuple as it arrives (client → gateway, or backend → gateway).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowKey {
+    /// Source address.
+    pub src: [u8; 16],
+    /// Destination address.
+    pub dst: [u8; 16],
+    /// Source port, host order.
+    pub sport: u16,
+    /// Destination port, host order.
+    pub dport: u16,
+    /// 6 or 17.
+    pub proto: u8,
+    /// 4 or 6.
+    pub family: u8,
+    /// Explicit padding.
+    pub _pad: [u8; 2],
+}
+
+/// `FLOWS` value: how to rewrite packets of the flow. Written by XDP/TC when a flow starts (one
+/// entry per direction); refreshed on every packet; aged by the agent and bounded by the LRU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowNat {
+    /// New source address.
+    pub new_src: [u8; 16],
+    /// New destination address.
+    pub new_dst: [u8; 16],
+    /// New source port.
+    pub new_sport: u16,
+    /// New destination port.
+    pub new_dport: u16,
+    /// The backend id of the flow.
+    pub backend: u32,
+    /// `bpf_ktime_get_ns` of the last packet.
+    pub last_seen_ns: u64,
+    /// `FLOW_F_*` bits.
+    pub flags: u32,
+    /// The listener id the flow belongs to (for counters).
+    pub listener: u32,
+}
+
+/// The entry describes the reply direction (backend → client).
+pub const FLOW_F_REPLY: u32 = 1;
+/// A FIN was seen on this direction.
+pub const FLOW_F_FIN: u32 = 2;
+/// A RST was seen.
+pub const FLOW_F_RST: u32 = 4;
+
+/// `IFADDRS` value, keyed by ifindex: the gateway's own address on an interface, used as the
+/// source of NATed packets leaving through it. Written by the agent; read by XDP/TC.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct IfAddr {
+    /// IPv4 address (zero if none).
+    pub v4: [u8; 4],
+}
+
+/// `NAT_CONFIG[0]`: the source-port range for SNAT. Written by the agent at start.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NatConfig {
+    /// First port of the range.
+    pub port_min: u16,
+    /// Last port of the range.
+    pub port_max: u16,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    unsafe impl aya::Pod for super::ServiceValue {}
+    unsafe impl aya::Pod for super::BackendValue {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowNat {}
+    unsafe impl aya::Pod for super::IfAddr {}
+    unsafe impl aya::Pod for super::NatConfig {}
+}
