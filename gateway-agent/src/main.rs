@@ -86,11 +86,7 @@ async fn run(args: cli::RunArgs) -> anyhow::Result<()> {
     let dataplane_task = tokio::spawn(async move {
         while updates.changed().await.is_ok() {
             let snap = updates.borrow_and_update().clone();
-            if let Err(e) = dp
-                .lock()
-                .await
-                .apply(&bridge::l4_listeners(&snap.model))
-            {
+            if let Err(e) = dp.lock().await.apply(&bridge::l4_listeners(&snap.model)) {
                 tracing::error!(generation = snap.generation, error = %format!("{e:#}"),
                     "data plane update failed; keeping the previous maps");
             } else {
