@@ -81,7 +81,11 @@ fn counts_packets_per_listener(attach: &str) {
 
     let bpffs_path = bpffs.path().to_path_buf();
     let prog_ids = agent.program_ids().unwrap();
-    assert_eq!(prog_ids.len(), 1, "one interface attached in {attach} mode");
+    assert_eq!(
+        prog_ids.len(),
+        2,
+        "both interfaces attached in {attach} mode"
+    );
     for id in &prog_ids {
         let shown = testbed::sh("bpftool", &["prog", "show", "id", &id.to_string()]).unwrap();
         assert!(

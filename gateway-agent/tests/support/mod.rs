@@ -60,13 +60,24 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Starts `gateway-agent run` on `config` attached to the gateway's client-facing interface,
-    /// and waits for /readyz.
+    /// Starts `gateway-agent run` on `config` attached to both gateway interfaces, and waits for
+    /// /readyz.
     pub fn start(
         topo: &Topology,
         bpffs: &TempBpffs,
         config: &Path,
         attach: &str,
+    ) -> anyhow::Result<Self> {
+        Self::start_with(topo, bpffs, config, attach, &[])
+    }
+
+    /// [`Agent::start`] with extra `run` arguments.
+    pub fn start_with(
+        topo: &Topology,
+        bpffs: &TempBpffs,
+        config: &Path,
+        attach: &str,
+        extra: &[&str],
     ) -> anyhow::Result<Self> {
         let log_path =
             std::env::temp_dir().join(format!("nodegate-agent-{}-{}.log", topo.prefix(), attach));
@@ -84,12 +95,15 @@ impl Agent {
             .args([
                 "--interface",
                 GATEWAY_CLIENT_IFACE,
+                "--interface",
+                testbed::GATEWAY_BACKEND_IFACE,
                 "--attach",
                 attach,
                 "--bpffs",
             ])
             .arg(bpffs.path())
             .args(["--admin-address", ADMIN])
+            .args(extra)
             .stdin(Stdio::null())
             .stderr(log)
             .spawn()

@@ -1,0 +1,283 @@
+//! End to end, as root, in every attach mode: TCPRoute and UDPRoute traffic is load-balanced by
+//! the kernel program with NAT through the gateway namespace (client → gateway → backends), with
+//! real sockets at both ends; weights hold over many flows; an established connection survives a
+//! route change that adds a backend; traffic for ports without a listener still reaches the
+//! gateway's own sockets; and the connection table never grows past --conntrack-size.
+
+mod support;
+
+use std::{
+    collections::BTreeMap,
+    net::{SocketAddr, TcpStream},
+    time::Duration,
+};
+
+use support::{Agent, ConfigDir};
+use testbed::{GATEWAY_V4, TempBpffs, Topology, backend_v4};
+
+fn service(name: &str, ips: &[std::net::Ipv4Addr], port: u16, proto: &str) -> String {
+    let eps: Vec<String> = ips
+        .iter()
+        .map(|ip| format!("- addresses: ['{ip}']"))
+        .collect();
+    format!(
+        "---
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: default}}
+spec: {{ports: [{{name: p, port: {port}, protocol: {proto}}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: {name}-1, namespace: default, labels: {{kubernetes.io/service-name: {name}}}}}
+addressType: IPv4
+ports: [{{name: p, port: {port}, protocol: {proto}}}]
+endpoints:
+{}
+",
+        eps.join("\n")
+    )
+}
+
+/// Gateway with TCP 9000 (TCPRoute: a weight 3, b weight 1) and UDP 5353 (UDPRoute: dns).
+fn config(b_backends: &[std::net::Ipv4Addr]) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: nodegate}}
+spec: {{controllerName: nodegate.io/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: edge, namespace: default}}
+spec:
+  gatewayClassName: nodegate
+  addresses: [{{type: IPAddress, value: 10.90.1.1}}]
+  listeners:
+  - {{name: tcp, protocol: TCP, port: 9000}}
+  - {{name: dns, protocol: UDP, port: 5353}}
+{}{}{}
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TCPRoute
+metadata: {{name: echo, namespace: default}}
+spec:
+  parentRefs: [{{name: edge, sectionName: tcp}}]
+  rules: [{{backendRefs: [{{name: a, port: 9000, weight: 3}}, {{name: b, port: 9000, weight: 1}}]}}]
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: UDPRoute
+metadata: {{name: dns, namespace: default}}
+spec:
+  parentRefs: [{{name: edge, sectionName: dns}}]
+  rules: [{{backendRefs: [{{name: dns, port: 5353}}]}}]
+",
+        service("a", &[backend_v4(0)], 9000, "TCP"),
+        service("b", b_backends, 9000, "TCP"),
+        service("dns", &[backend_v4(0)], 5353, "UDP"),
+    )
+}
+
+fn start_backends(topo: &Topology) {
+    testbed::tcp_echo_server(
+        &topo.backend,
+        SocketAddr::new(backend_v4(0).into(), 9000),
+        "a",
+    )
+    .unwrap();
+    testbed::tcp_echo_server(
+        &topo.backend,
+        SocketAddr::new(backend_v4(1).into(), 9000),
+        "b1",
+    )
+    .unwrap();
+    testbed::tcp_echo_server(
+        &topo.backend,
+        SocketAddr::new(backend_v4(2).into(), 9000),
+        "b2",
+    )
+    .unwrap();
+    testbed::udp_echo_server(
+        &topo.backend,
+        SocketAddr::new(backend_v4(0).into(), 5353),
+        "dns",
+    )
+    .unwrap();
+}
+
+fn forwards_tcp_and_udp_with_weights(attach: &str) {
+    let topo = Topology::create("fwd", 3).expect("topology");
+    start_backends(&topo);
+    let bpffs = TempBpffs::mount("fwd").unwrap();
+    let dir = ConfigDir::new(
+        &format!("fwd-{attach}"),
+        &[("all.yaml", &config(&[backend_v4(1)]))],
+    )
+    .unwrap();
+    let agent = Agent::start(&topo, &bpffs, dir.path(), attach).expect("agent starts");
+    let vip_tcp = SocketAddr::new(GATEWAY_V4.into(), 9000);
+    let vip_udp = SocketAddr::new(GATEWAY_V4.into(), 5353);
+
+    // Weighted split over many flows, every connection with a full echo round trip.
+    let split = topo
+        .client
+        .run(move || {
+            let mut split: BTreeMap<String, u32> = BTreeMap::new();
+            for _ in 0..400 {
+                *split
+                    .entry(testbed::tcp_hello(vip_tcp).expect("TCP round trip"))
+                    .or_default() += 1;
+            }
+            split
+        })
+        .unwrap();
+    let a = split.get("a").copied().unwrap_or(0);
+    assert!(
+        (260..=340).contains(&a),
+        "weights 3:1 over 400 flows, got {split:?}"
+    );
+    assert_eq!(split.values().sum::<u32>(), 400);
+
+    // UDP request/response.
+    let reply = topo
+        .client
+        .run(move || testbed::udp_request(vip_udp, b"q"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(reply, b"dns:q");
+
+    // A long-lived connection keeps its backend across a route change that adds one.
+    let (mut conn, greeting) = topo
+        .client
+        .run(move || {
+            use std::io::{BufRead as _, BufReader};
+            let s = TcpStream::connect_timeout(&vip_tcp, Duration::from_secs(2)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            let mut line = String::new();
+            BufReader::new(s.try_clone().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            (s, line.trim().to_string())
+        })
+        .unwrap();
+    std::fs::write(
+        dir.path().join("all.yaml"),
+        config(&[backend_v4(1), backend_v4(2)]),
+    )
+    .unwrap();
+    testbed::wait_for(Duration::from_secs(10), "the route change", || {
+        let (_, body) = agent.get("/debug/model").ok()?;
+        body.contains("10.90.2.4:9000").then_some(())
+    })
+    .expect("model with the added backend");
+    std::thread::sleep(Duration::from_millis(300));
+    {
+        use std::io::{Read as _, Write as _};
+        conn.write_all(b"still there\n").unwrap();
+        let mut buf = [0u8; 12];
+        conn.read_exact(&mut buf).unwrap();
+        assert_eq!(
+            &buf, b"still there\n",
+            "the established connection (to {greeting}) kept working"
+        );
+    }
+
+    // Traffic for ports without a listener is not ours: it reaches the gateway's own socket.
+    let (tx, rx) = std::sync::mpsc::channel();
+    topo.gateway
+        .spawn(move || {
+            let sock = std::net::UdpSocket::bind("10.90.1.1:7777").unwrap();
+            let _ = tx.send(());
+            let mut buf = [0u8; 64];
+            if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                let _ = sock.send_to(&buf[..n], from);
+            }
+        })
+        .unwrap();
+    rx.recv().unwrap();
+    let echoed = topo
+        .client
+        .run(|| testbed::udp_request(SocketAddr::new(GATEWAY_V4.into(), 7777), b"local"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(echoed, b"local");
+    let m = agent.metrics().unwrap();
+    let tcp = testbed::metric_value(
+        &m,
+        "nodegate_listener_packets_total",
+        &[("listener", "default/edge/tcp")],
+    )
+    .unwrap();
+    assert!(
+        tcp >= 400.0 * 3.0,
+        "client packets of every flow counted on the listener: {tcp}"
+    );
+}
+
+#[test]
+fn forwards_tcp_and_udp_xdp() {
+    forwards_tcp_and_udp_with_weights("xdp");
+}
+
+#[test]
+fn forwards_tcp_and_udp_xdp_generic() {
+    forwards_tcp_and_udp_with_weights("xdp-generic");
+}
+
+#[test]
+fn forwards_tcp_and_udp_tc() {
+    forwards_tcp_and_udp_with_weights("tc");
+}
+
+/// A flood of new flows from many source ports never grows the table past its bound.
+#[test]
+fn connection_table_is_bounded_under_a_flood() {
+    let topo = Topology::create("cap", 3).expect("topology");
+    start_backends(&topo);
+    let bpffs = TempBpffs::mount("cap").unwrap();
+    let dir = ConfigDir::new("cap", &[("all.yaml", &config(&[backend_v4(1)]))]).unwrap();
+    let agent = Agent::start_with(
+        &topo,
+        &bpffs,
+        dir.path(),
+        "xdp",
+        &["--conntrack-size", "512"],
+    )
+    .expect("agent");
+    let vip_udp = SocketAddr::new(GATEWAY_V4.into(), 5353);
+    topo.client
+        .run(move || {
+            // 3,000 flows: one socket (and so one source port) each.
+            for _ in 0..3000 {
+                let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+                s.send_to(b"x", vip_udp).unwrap();
+            }
+        })
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let json = testbed::sh(
+        "bpftool",
+        &[
+            "-j",
+            "map",
+            "dump",
+            "pinned",
+            &agent.bpffs.join("FLOWS").to_string_lossy(),
+        ],
+    )
+    .unwrap();
+    let entries = serde_json::from_str::<serde_json::Value>(&json)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .len();
+    assert!(entries <= 512, "FLOWS holds {entries} entries, bound 512");
+    assert!(entries >= 256, "the flood did create flows ({entries})");
+    // New flows still work after the flood.
+    let reply = topo
+        .client
+        .run(move || testbed::udp_request(vip_udp, b"after"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(reply, b"dns:after");
+}
