@@ -13,12 +13,17 @@ use std::{
 };
 
 use support::{Agent, ConfigDir};
-use testbed::{GATEWAY_V4, TempBpffs, Topology, backend_v4};
+use testbed::{GATEWAY_V4, GATEWAY_V6, TempBpffs, Topology, backend_v4, backend_v6};
 
 fn service(name: &str, ips: &[std::net::Ipv4Addr], port: u16, proto: &str) -> String {
     let eps: Vec<String> = ips
         .iter()
         .map(|ip| format!("- addresses: ['{ip}']"))
+        .collect();
+    // The same endpoints over IPv6 (backend i answers on 10.90.2.(2+i) and fd00:90:2::(2+i)).
+    let eps6: Vec<String> = ips
+        .iter()
+        .map(|ip| format!("- addresses: ['{}']", backend_v6(ip.octets()[3] - 2)))
         .collect();
     format!(
         "---
@@ -34,8 +39,17 @@ addressType: IPv4
 ports: [{{name: p, port: {port}, protocol: {proto}}}]
 endpoints:
 {}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: {name}-6, namespace: default, labels: {{kubernetes.io/service-name: {name}}}}}
+addressType: IPv6
+ports: [{{name: p, port: {port}, protocol: {proto}}}]
+endpoints:
+{}
 ",
-        eps.join("\n")
+        eps.join("\n"),
+        eps6.join("\n")
     )
 }
 
@@ -52,7 +66,7 @@ kind: Gateway
 metadata: {{name: edge, namespace: default}}
 spec:
   gatewayClassName: nodegate
-  addresses: [{{type: IPAddress, value: 10.90.1.1}}]
+  addresses: [{{type: IPAddress, value: 10.90.1.1}}, {{type: IPAddress, value: 'fd00:90:1::1'}}]
   listeners:
   - {{name: tcp, protocol: TCP, port: 9000}}
   - {{name: dns, protocol: UDP, port: 5353}}
@@ -103,6 +117,20 @@ fn start_backends(topo: &Topology) {
         "dns",
     )
     .unwrap();
+    for (i, name) in [(0u8, "a"), (1, "b1"), (2, "b2")] {
+        testbed::tcp_echo_server(
+            &topo.backend,
+            SocketAddr::new(backend_v6(i).into(), 9000),
+            name,
+        )
+        .unwrap();
+    }
+    testbed::udp_echo_server(
+        &topo.backend,
+        SocketAddr::new(backend_v6(0).into(), 5353),
+        "dns",
+    )
+    .unwrap();
 }
 
 fn forwards_tcp_and_udp_with_weights(attach: &str) {
@@ -145,6 +173,32 @@ fn forwards_tcp_and_udp_with_weights(attach: &str) {
         .unwrap()
         .unwrap();
     assert_eq!(reply, b"dns:q");
+
+    // The same over IPv6.
+    let vip6_tcp = SocketAddr::new(GATEWAY_V6.into(), 9000);
+    let vip6_udp = SocketAddr::new(GATEWAY_V6.into(), 5353);
+    let split6 = topo
+        .client
+        .run(move || {
+            let mut split: BTreeMap<String, u32> = BTreeMap::new();
+            for _ in 0..100 {
+                *split
+                    .entry(testbed::tcp_hello(vip6_tcp).expect("TCP over IPv6"))
+                    .or_default() += 1;
+            }
+            split
+        })
+        .unwrap();
+    assert!(
+        split6.get("a").copied().unwrap_or(0) >= 55,
+        "IPv6 flows weighted too: {split6:?}"
+    );
+    let reply = topo
+        .client
+        .run(move || testbed::udp_request(vip6_udp, b"q6"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(reply, b"dns:q6");
 
     // A long-lived connection keeps its backend across a route change that adds one.
     let (mut conn, greeting) = topo

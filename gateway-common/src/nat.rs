@@ -88,13 +88,15 @@ pub const FLOW_F_FIN: u32 = 2;
 /// A RST was seen.
 pub const FLOW_F_RST: u32 = 4;
 
-/// `IFADDRS` value, keyed by ifindex: the gateway's own address on an interface, used as the
+/// `IFADDRS` value, keyed by ifindex: the gateway's own addresses on an interface, used as the
 /// source of NATed packets leaving through it. Written by the agent; read by XDP/TC.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct IfAddr {
     /// IPv4 address (zero if none).
     pub v4: [u8; 4],
+    /// Global IPv6 address (zero if none).
+    pub v6: [u8; 16],
 }
 
 /// `NAT_CONFIG[0]`: the source-port range for SNAT. Written by the agent at start.

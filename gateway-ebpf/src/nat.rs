@@ -10,7 +10,7 @@ use aya_ebpf::{
     helpers::{bpf_fib_lookup, bpf_ktime_get_ns},
 };
 use gateway_common::{
-    listener::{FAMILY_V4, PROTO_TCP, PROTO_UDP},
+    listener::{FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP},
     nat::{FLOW_F_REPLY, FlowKey, FlowNat, MAGLEV_SIZE},
 };
 
@@ -45,6 +45,10 @@ pub enum Forward {
 }
 
 const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+const IP6_HLIM_OFF: usize = 7;
+const IP6_SRC_OFF: usize = 8;
+const IP6_DST_OFF: usize = 24;
 const IP_CSUM_OFF: usize = 10;
 const IP_SRC_OFF: usize = 12;
 const IP_DST_OFF: usize = 16;
@@ -69,8 +73,8 @@ fn key_of(p: &Packet) -> FlowKey {
 fn flow_hash(p: &Packet) -> u32 {
     let mut h: u32 = 0x9747_b28c;
     let words = [
-        u32::from_ne_bytes([p.src[0], p.src[1], p.src[2], p.src[3]]),
-        u32::from_ne_bytes([p.dst[0], p.dst[1], p.dst[2], p.dst[3]]),
+        fold(&p.src),
+        fold(&p.dst),
         (u32::from(p.sport) << 16) | u32::from(p.dport),
         u32::from(p.proto),
     ];
@@ -87,6 +91,32 @@ fn flow_hash(p: &Packet) -> u32 {
     h ^ (h >> 16)
 }
 
+/// The four words of an address xored together (IPv4 has zeros after the first word).
+#[inline(always)]
+fn fold(a: &[u8; 16]) -> u32 {
+    u32::from_ne_bytes([a[0], a[1], a[2], a[3]])
+        ^ u32::from_ne_bytes([a[4], a[5], a[6], a[7]])
+        ^ u32::from_ne_bytes([a[8], a[9], a[10], a[11]])
+        ^ u32::from_ne_bytes([a[12], a[13], a[14], a[15]])
+}
+
+/// Incremental checksum update for an address of `len` bytes (4 or 16).
+#[inline(always)]
+fn csum_replace_addr(check: u16, old: &[u8; 16], new: &[u8; 16], len: usize) -> u16 {
+    let mut c = check;
+    for i in 0..8 {
+        if i * 2 >= len {
+            break;
+        }
+        c = csum_replace2(
+            c,
+            u16::from_be_bytes([old[i * 2], old[i * 2 + 1]]),
+            u16::from_be_bytes([new[i * 2], new[i * 2 + 1]]),
+        );
+    }
+    c
+}
+
 /// RFC 1624 incremental update of a one's-complement checksum for a 16-bit word change.
 #[inline(always)]
 fn csum_replace2(check: u16, old: u16, new: u16) -> u16 {
@@ -96,24 +126,10 @@ fn csum_replace2(check: u16, old: u16, new: u16) -> u16 {
     !(s as u16)
 }
 
-#[inline(always)]
-fn csum_replace4(check: u16, old: &[u8], new: &[u8]) -> u16 {
-    let c = csum_replace2(
-        check,
-        u16::from_be_bytes([old[0], old[1]]),
-        u16::from_be_bytes([new[0], new[1]]),
-    );
-    csum_replace2(
-        c,
-        u16::from_be_bytes([old[2], old[3]]),
-        u16::from_be_bytes([new[2], new[3]]),
-    )
-}
-
 /// Handles an IPv4 TCP/UDP packet: an existing flow is rewritten and forwarded; a new flow to a
 /// listener with a service gets a backend; anything else passes.
 #[inline(always)]
-pub fn handle_v4<C: EbpfContext>(
+pub fn handle<C: EbpfContext>(
     ctx: &C,
     data: usize,
     data_end: usize,
@@ -121,7 +137,7 @@ pub fn handle_v4<C: EbpfContext>(
     listener: Option<u32>,
     ifindex: u32,
 ) -> Forward {
-    if p.family != FAMILY_V4 || (p.proto != PROTO_TCP && p.proto != PROTO_UDP) {
+    if p.proto != PROTO_TCP && p.proto != PROTO_UDP {
         return Forward::Pass;
     }
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
@@ -160,19 +176,29 @@ pub fn handle_v4<C: EbpfContext>(
     let Some(backend) = BACKENDS.get_ptr(backend_id) else {
         return Forward::Pass;
     };
-    let backend = unsafe { *backend };
-    if backend.family != FAMILY_V4 {
+    let backend = unsafe { &*backend };
+    if backend.family != p.family {
         return Forward::Pass;
     }
     // Where does the backend live? Its egress interface gives the SNAT source address.
-    let Some((egress, _, _)) = fib(ctx, ifindex, &p.src[..4], &backend.addr[..4], &mut s.fib)
+    let Some((egress, _, _)) = fib(ctx, ifindex, p.family, &p.src, &backend.addr, &mut s.fib)
     else {
         return Forward::Pass;
     };
     let Some(ifaddr) = IFADDRS.get_ptr(egress) else {
         return Forward::Pass;
     };
-    let snat_ip = unsafe { (*ifaddr).v4 };
+    // The reply tuple: backend → the gateway's SNAT address (port chosen below).
+    s.reply_key.src = backend.addr;
+    s.reply_key.dst = [0u8; 16];
+    if p.family == FAMILY_V4 {
+        s.reply_key.dst[..4].copy_from_slice(unsafe { &(*ifaddr).v4 });
+    } else {
+        s.reply_key.dst = unsafe { (*ifaddr).v6 };
+    }
+    if s.reply_key.dst == [0u8; 16] {
+        return Forward::Pass;
+    }
     let Some(cfg) = NAT_CONFIG.get_ptr(0) else {
         return Forward::Pass;
     };
@@ -181,17 +207,11 @@ pub fn handle_v4<C: EbpfContext>(
         return Forward::Pass;
     }
     let span = u32::from(port_max - port_min) + 1;
-    let mut snat_ip16 = [0u8; 16];
-    snat_ip16[..4].copy_from_slice(&snat_ip);
-    s.reply_key = FlowKey {
-        src: backend.addr,
-        dst: snat_ip16,
-        sport: backend.port,
-        dport: 0,
-        proto: p.proto,
-        family: FAMILY_V4,
-        _pad: [0; 2],
-    };
+    s.reply_key.sport = backend.port;
+    s.reply_key.dport = 0;
+    s.reply_key.proto = p.proto;
+    s.reply_key.family = p.family;
+    s.reply_key._pad = [0; 2];
     // Probe a few ports from the flow's hash for one whose reply tuple is free.
     let base = flow_hash(p).rotate_left(7);
     let mut found = false;
@@ -206,7 +226,7 @@ pub fn handle_v4<C: EbpfContext>(
         return Forward::Pass;
     }
     s.forward = FlowNat {
-        new_src: snat_ip16,
+        new_src: s.reply_key.dst,
         new_dst: backend.addr,
         new_sport: s.reply_key.dport,
         new_dport: backend.port,
@@ -246,59 +266,78 @@ fn rewrite_and_forward<C: EbpfContext>(
     params: &mut FibParams,
 ) -> Forward {
     let Some((ifindex, smac, dmac)) =
-        fib(ctx, ingress, &nat.new_src[..4], &nat.new_dst[..4], params)
+        fib(ctx, ingress, p.family, &nat.new_src, &nat.new_dst, params)
     else {
         return Forward::Pass;
     };
     let ip = data + p.l3_off;
     let l4 = data + p.l4_off;
-    if ip + 20 > data_end || l4 + 8 > data_end {
+    if l4 + 8 > data_end {
         return Forward::Pass;
     }
     let check_off = if p.proto == PROTO_TCP { 16 } else { 6 };
     if p.proto == PROTO_TCP && l4 + 20 > data_end {
         return Forward::Pass;
     }
+    let addr_len = if p.family == FAMILY_V4 { 4 } else { 16 };
     unsafe {
-        // IPv4 header: addresses, TTL and header checksum.
-        let ip_check_ptr = (ip + IP_CSUM_OFF) as *mut [u8; 2];
-        let mut ip_check = u16::from_be_bytes(*ip_check_ptr);
-        ip_check = csum_replace4(ip_check, &p.src[..4], &nat.new_src[..4]);
-        ip_check = csum_replace4(ip_check, &p.dst[..4], &nat.new_dst[..4]);
-        let ttl_ptr = (ip + TTL_OFF) as *mut [u8; 2];
-        let ttl_proto = *ttl_ptr;
-        if ttl_proto[0] <= 1 {
-            return Forward::Pass; // the stack sends the ICMP time-exceeded
+        if p.family == FAMILY_V4 {
+            if ip + 20 > data_end {
+                return Forward::Pass;
+            }
+            // IPv4 header: addresses, TTL and header checksum.
+            let ip_check_ptr = (ip + IP_CSUM_OFF) as *mut [u8; 2];
+            let mut ip_check = u16::from_be_bytes(*ip_check_ptr);
+            ip_check = csum_replace_addr(ip_check, &p.src, &nat.new_src, 4);
+            ip_check = csum_replace_addr(ip_check, &p.dst, &nat.new_dst, 4);
+            let ttl_ptr = (ip + TTL_OFF) as *mut [u8; 2];
+            let ttl_proto = *ttl_ptr;
+            if ttl_proto[0] <= 1 {
+                return Forward::Pass; // the stack sends the ICMP time-exceeded
+            }
+            let new_ttl_proto = [ttl_proto[0] - 1, ttl_proto[1]];
+            ip_check = csum_replace2(
+                ip_check,
+                u16::from_be_bytes(ttl_proto),
+                u16::from_be_bytes(new_ttl_proto),
+            );
+            *ttl_ptr = new_ttl_proto;
+            *((ip + IP_SRC_OFF) as *mut [u8; 4]) = [
+                nat.new_src[0],
+                nat.new_src[1],
+                nat.new_src[2],
+                nat.new_src[3],
+            ];
+            *((ip + IP_DST_OFF) as *mut [u8; 4]) = [
+                nat.new_dst[0],
+                nat.new_dst[1],
+                nat.new_dst[2],
+                nat.new_dst[3],
+            ];
+            *ip_check_ptr = ip_check.to_be_bytes();
+        } else {
+            if ip + 40 > data_end {
+                return Forward::Pass;
+            }
+            // IPv6 header: addresses and hop limit (no header checksum).
+            let hlim = (ip + IP6_HLIM_OFF) as *mut u8;
+            if *hlim <= 1 {
+                return Forward::Pass;
+            }
+            *hlim -= 1;
+            *((ip + IP6_SRC_OFF) as *mut [u8; 16]) = nat.new_src;
+            *((ip + IP6_DST_OFF) as *mut [u8; 16]) = nat.new_dst;
         }
-        let new_ttl_proto = [ttl_proto[0] - 1, ttl_proto[1]];
-        ip_check = csum_replace2(
-            ip_check,
-            u16::from_be_bytes(ttl_proto),
-            u16::from_be_bytes(new_ttl_proto),
-        );
-        *ttl_ptr = new_ttl_proto;
-        *((ip + IP_SRC_OFF) as *mut [u8; 4]) = [
-            nat.new_src[0],
-            nat.new_src[1],
-            nat.new_src[2],
-            nat.new_src[3],
-        ];
-        *((ip + IP_DST_OFF) as *mut [u8; 4]) = [
-            nat.new_dst[0],
-            nat.new_dst[1],
-            nat.new_dst[2],
-            nat.new_dst[3],
-        ];
-        *ip_check_ptr = ip_check.to_be_bytes();
 
         // L4: ports, and the checksum (which covers the pseudo-header addresses too). A UDP
         // checksum of 0 means "none" and stays 0.
         let l4_check_ptr = (l4 + check_off) as *mut [u8; 2];
         let mut l4_check = u16::from_be_bytes(*l4_check_ptr);
-        let has_check = p.proto == PROTO_TCP || l4_check != 0;
+        // UDP over IPv6 always carries a checksum.
+        let has_check = p.proto == PROTO_TCP || p.family == FAMILY_V6 || l4_check != 0;
         if has_check {
-            l4_check = csum_replace4(l4_check, &p.src[..4], &nat.new_src[..4]);
-            l4_check = csum_replace4(l4_check, &p.dst[..4], &nat.new_dst[..4]);
+            l4_check = csum_replace_addr(l4_check, &p.src, &nat.new_src, addr_len);
+            l4_check = csum_replace_addr(l4_check, &p.dst, &nat.new_dst, addr_len);
             l4_check = csum_replace2(l4_check, p.sport, nat.new_sport);
             l4_check = csum_replace2(l4_check, p.dport, nat.new_dport);
             if p.proto == PROTO_UDP && l4_check == 0 {
@@ -321,20 +360,30 @@ fn rewrite_and_forward<C: EbpfContext>(
     Forward::Redirect(ifindex)
 }
 
-/// `bpf_fib_lookup` for an IPv4 (src, dst): (egress ifindex, source MAC, next-hop MAC).
+/// `bpf_fib_lookup` for (src, dst) of `family`: (egress ifindex, source MAC, next-hop MAC).
 #[inline(always)]
 fn fib<C: EbpfContext>(
     ctx: &C,
     ingress: u32,
-    src: &[u8],
-    dst: &[u8],
+    family: u8,
+    src: &[u8; 16],
+    dst: &[u8; 16],
     params: &mut FibParams,
 ) -> Option<(u32, [u8; 6], [u8; 6])> {
     *params = unsafe { core::mem::zeroed() };
-    params.family = AF_INET;
     params.ifindex = ingress;
-    params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes([src[0], src[1], src[2], src[3]]);
-    params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([dst[0], dst[1], dst[2], dst[3]]);
+    if family == FAMILY_V4 {
+        params.family = AF_INET;
+        params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes([src[0], src[1], src[2], src[3]]);
+        params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([dst[0], dst[1], dst[2], dst[3]]);
+    } else {
+        params.family = AF_INET6;
+        // SAFETY: the unions' IPv6 members are plain arrays of the same size as the addresses.
+        unsafe {
+            params.__bindgen_anon_3.ipv6_src = core::mem::transmute::<[u8; 16], [u32; 4]>(*src);
+            params.__bindgen_anon_4.ipv6_dst = core::mem::transmute::<[u8; 16], [u32; 4]>(*dst);
+        }
+    }
     let rc = unsafe {
         bpf_fib_lookup(
             ctx.as_ptr(),
