@@ -51,6 +51,35 @@ impl Collector for KernelCounters {
                 ConstCounter::new(field(&l.counters)).encode(family.encode_family(&labels)?)?;
             }
         }
+        let backend_families: [Family; 2] = [
+            (
+                "nodegate_backend_packets",
+                "Packets the L4 programs forwarded, per backend and direction.",
+                |c| c.packets,
+            ),
+            (
+                "nodegate_backend_bytes",
+                "Bytes the L4 programs forwarded, per backend and direction.",
+                |c| c.bytes,
+            ),
+        ];
+        for (name, help, field) in backend_families {
+            let mut family = encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            for (addr, to, from) in &self.0.backends {
+                for (direction, c) in [("to_backend", to), ("from_backend", from)] {
+                    let labels = [
+                        ("backend", addr.to_string()),
+                        ("direction", direction.to_string()),
+                    ];
+                    ConstCounter::new(field(c)).encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
         let drop_families: [Family; 2] = [
             (
                 "nodegate_dropped_packets",

@@ -256,6 +256,22 @@ fn forwards_tcp_and_udp_with_weights(attach: &str) {
         .unwrap();
     assert_eq!(echoed, b"local");
     let m = agent.metrics().unwrap();
+    let to_a = testbed::metric_value(
+        &m,
+        "nodegate_backend_packets_total",
+        &[("backend", "10.90.2.2:9000"), ("direction", "to_backend")],
+    )
+    .unwrap();
+    let from_a = testbed::metric_value(
+        &m,
+        "nodegate_backend_packets_total",
+        &[("backend", "10.90.2.2:9000"), ("direction", "from_backend")],
+    )
+    .unwrap();
+    assert!(
+        to_a >= 260.0 * 3.0 && from_a >= 260.0 * 3.0,
+        "per-backend counters in both directions: {to_a} {from_a}"
+    );
     let tcp = testbed::metric_value(
         &m,
         "nodegate_listener_packets_total",

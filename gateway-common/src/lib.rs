@@ -29,6 +29,9 @@ pub mod map_names {
     pub const IFADDRS: &str = "IFADDRS";
     /// `[0]` → [`crate::nat::NatConfig`].
     pub const NAT_CONFIG: &str = "NAT_CONFIG";
+    /// Per-CPU [`crate::counters::TrafficCounters`] at `backend id * 2 + direction`
+    /// (0: towards the backend, 1: replies from it).
+    pub const BACKEND_STATS: &str = "BACKEND_STATS";
 }
 
 /// Names of the programs in the object file.

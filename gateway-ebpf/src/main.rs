@@ -96,7 +96,15 @@ fn on_packet<C: EbpfContext>(
             );
         }
     }
-    match nat::handle(ctx, data, data_end, packet, listener.map(|l| l.id), ifindex) {
+    match nat::handle(
+        ctx,
+        data,
+        data_end,
+        packet,
+        listener.map(|l| l.id),
+        ifindex,
+        len,
+    ) {
         nat::Forward::Redirect(to) => Verdict::Redirect(to),
         nat::Forward::Pass => Verdict::Pass,
     }

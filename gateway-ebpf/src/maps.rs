@@ -61,6 +61,18 @@ pub static IFADDRS: HashMap<u32, IfAddr, { MAX_IFADDRS as usize }> = HashMap::ne
 #[btf_map]
 pub static NAT_CONFIG: Array<NatConfig, 1> = Array::new();
 
+/// Per-CPU packets/bytes per backend and direction: index `backend id * 2` for packets sent to the
+/// backend, `+ 1` for its replies; value [`TrafficCounters`]. Written here; summed by the agent.
+#[btf_map]
+static BACKEND_STATS: PerCpuArray<TrafficCounters, { (MAX_BACKENDS * 2) as usize }> =
+    PerCpuArray::new();
+
+/// Adds a forwarded packet to its backend's counters (`reply`: the backend → client direction).
+#[inline(always)]
+pub fn count_backend(backend: u32, reply: bool, len: u64) {
+    bump(&BACKEND_STATS, backend * 2 + u32::from(reply), len);
+}
+
 /// Finds the listener a packet is addressed to: exact address first, then the wildcard address.
 #[inline(always)]
 pub fn find_listener(packet: &Packet) -> Option<ListenerValue> {

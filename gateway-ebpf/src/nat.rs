@@ -136,6 +136,7 @@ pub fn handle<C: EbpfContext>(
     p: &Packet,
     listener: Option<u32>,
     ifindex: u32,
+    len: u64,
 ) -> Forward {
     if p.proto != PROTO_TCP && p.proto != PROTO_UDP {
         return Forward::Pass;
@@ -152,7 +153,11 @@ pub fn handle<C: EbpfContext>(
             (*entry).flags |= p.tcp_end;
             &*entry
         };
-        return rewrite_and_forward(ctx, data, data_end, p, nat, ifindex, &mut s.fib);
+        return counted(
+            rewrite_and_forward(ctx, data, data_end, p, nat, ifindex, &mut s.fib),
+            nat,
+            len,
+        );
     }
     let Some(listener) = listener else {
         return Forward::Pass;
@@ -250,7 +255,20 @@ pub fn handle<C: EbpfContext>(
     {
         return Forward::Pass;
     }
-    rewrite_and_forward(ctx, data, data_end, p, &s.forward, ifindex, &mut s.fib)
+    counted(
+        rewrite_and_forward(ctx, data, data_end, p, &s.forward, ifindex, &mut s.fib),
+        &s.forward,
+        len,
+    )
+}
+
+/// Counts a forwarded packet on its backend.
+#[inline(always)]
+fn counted(f: Forward, nat: &FlowNat, len: u64) -> Forward {
+    if let Forward::Redirect(_) = f {
+        crate::maps::count_backend(nat.backend, nat.flags & FLOW_F_REPLY != 0, len);
+    }
+    f
 }
 
 /// Rewrites addresses and ports (with incremental checksums), then looks up the next hop, sets

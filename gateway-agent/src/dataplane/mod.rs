@@ -25,7 +25,7 @@ use crate::cli::AttachMode;
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gateway-ebpf"));
 
 /// Every map the agent pins, by its name in the object.
-const PINNED_MAPS: [&str; 9] = [
+const PINNED_MAPS: [&str; 10] = [
     map_names::LISTENERS,
     map_names::LISTENER_STATS,
     map_names::DROP_STATS,
@@ -35,6 +35,7 @@ const PINNED_MAPS: [&str; 9] = [
     map_names::FLOWS,
     map_names::IFADDRS,
     map_names::NAT_CONFIG,
+    map_names::BACKEND_STATS,
 ];
 
 /// How the data plane is set up.
@@ -130,7 +131,11 @@ impl Dataplane {
 
     /// Reads every counter, summed over CPUs.
     pub fn stats(&self) -> anyhow::Result<DataplaneStats> {
-        stats::read(&self.ebpf, self.listeners.entries())
+        stats::read(
+            &self.ebpf,
+            self.listeners.entries(),
+            self.services.backends(),
+        )
     }
 
     /// What the programs are attached to, and how.

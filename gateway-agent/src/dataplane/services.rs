@@ -134,6 +134,11 @@ impl ServiceTable {
         Ok(())
     }
 
+    /// Every backend with an id, for per-backend counters.
+    pub fn backends(&self) -> impl Iterator<Item = (SocketAddr, u32)> + '_ {
+        self.backend_ids.iter().map(|(a, id)| (*a, *id))
+    }
+
     fn free_pair(&self) -> anyhow::Result<u32> {
         let used: BTreeSet<u32> = self.by_listener.values().map(|i| i.pair).collect();
         (0..MAX_RING_SLOTS / 2)

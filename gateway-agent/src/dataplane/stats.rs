@@ -29,6 +29,8 @@ pub struct DataplaneStats {
     pub listeners: Vec<ListenerStats>,
     /// Per drop reason label.
     pub drops: Vec<(&'static str, TrafficCounters)>,
+    /// Per backend: (address, towards it, replies from it).
+    pub backends: Vec<(std::net::SocketAddr, TrafficCounters, TrafficCounters)>,
 }
 
 fn sum(values: &PerCpuValues<TrafficCounters>) -> TrafficCounters {
@@ -54,6 +56,7 @@ fn array<'a>(
 pub fn read<'a>(
     ebpf: &Ebpf,
     listeners: impl Iterator<Item = (u32, &'a ListenerEntry)>,
+    backends: impl Iterator<Item = (std::net::SocketAddr, u32)>,
 ) -> anyhow::Result<DataplaneStats> {
     let per_listener = array(ebpf, map_names::LISTENER_STATS)?;
     let drops = array(ebpf, map_names::DROP_STATS)?;
@@ -67,6 +70,12 @@ pub fn read<'a>(
     for (reason, label) in DropReason::ALL {
         out.drops
             .push((label, sum(&drops.get(&(reason as u32), 0)?)));
+    }
+    let per_backend = array(ebpf, map_names::BACKEND_STATS)?;
+    for (addr, id) in backends {
+        let to = sum(&per_backend.get(&(id * 2), 0)?);
+        let from = sum(&per_backend.get(&(id * 2 + 1), 0)?);
+        out.backends.push((addr, to, from));
     }
     Ok(out)
 }
