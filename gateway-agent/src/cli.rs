@@ -75,6 +75,18 @@ pub struct RunArgs {
     /// the oldest entries go first and the table never grows past this.
     #[arg(long, default_value_t = gateway_common::nat::DEFAULT_FLOWS)]
     pub conntrack_size: u32,
+    /// UDP flows idle this long leave the connection table.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub udp_idle_timeout: std::time::Duration,
+    /// Open TCP flows idle this long leave the connection table.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub tcp_idle_timeout: std::time::Duration,
+    /// Closed TCP flows (RST, or FIN both ways) leave the connection table after this.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub tcp_closed_timeout: std::time::Duration,
+    /// How often the connection table is swept.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub aging_interval: std::time::Duration,
 }
 
 fn parse_port_range(s: &str) -> Result<(u16, u16), String> {

@@ -95,6 +95,27 @@ async fn run(args: cli::RunArgs) -> anyhow::Result<()> {
         }
     });
 
+    // Connection-table aging.
+    let timeouts = dataplane::Timeouts {
+        udp_idle: args.udp_idle_timeout,
+        tcp_idle: args.tcp_idle_timeout,
+        tcp_closed: args.tcp_closed_timeout,
+    };
+    let (dp, interval) = (dataplane.clone(), args.aging_interval);
+    let aging_task = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        loop {
+            tick.tick().await;
+            match dp.lock().await.age_flows(timeouts) {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(removed = n, "aged connection-table entries"),
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "connection-table sweep failed")
+                }
+            }
+        }
+    });
+
     // Consumer: the L7 proxy swaps routes and reconciles its listener sockets.
     let proxy = Arc::new(proxy::Proxy::new());
     for e in proxy.apply(first.model.clone()).await {
@@ -147,6 +168,7 @@ async fn run(args: cli::RunArgs) -> anyhow::Result<()> {
     source_task.abort();
     dataplane_task.abort();
     proxy_task.abort();
+    aging_task.abort();
     proxy.shutdown().await;
     passthrough.shutdown().await;
     admin.abort();

@@ -351,3 +351,67 @@ fn connection_table_is_bounded_under_a_flood() {
         .unwrap();
     assert_eq!(reply, b"dns:after");
 }
+
+fn flow_count(bpffs: &std::path::Path) -> usize {
+    let json = testbed::sh(
+        "bpftool",
+        &[
+            "-j",
+            "map",
+            "dump",
+            "pinned",
+            &bpffs.join("FLOWS").to_string_lossy(),
+        ],
+    )
+    .unwrap();
+    serde_json::from_str::<serde_json::Value>(&json)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .len()
+}
+
+/// Idle UDP flows and closed TCP flows leave the table (both directions), open ones stay.
+#[test]
+fn flows_age_out() {
+    let topo = Topology::create("age", 3).expect("topology");
+    start_backends(&topo);
+    let bpffs = TempBpffs::mount("age").unwrap();
+    let dir = ConfigDir::new("age", &[("all.yaml", &config(&[backend_v4(1)]))]).unwrap();
+    let agent = Agent::start_with(
+        &topo,
+        &bpffs,
+        dir.path(),
+        "xdp",
+        &[
+            "--udp-idle-timeout",
+            "1s",
+            "--tcp-closed-timeout",
+            "1s",
+            "--aging-interval",
+            "500ms",
+        ],
+    )
+    .expect("agent");
+    let vip_udp = SocketAddr::new(GATEWAY_V4.into(), 5353);
+    let vip_tcp = SocketAddr::new(GATEWAY_V4.into(), 9000);
+    // One open TCP connection (kept), one closed one and one UDP exchange (both aged out).
+    let open = topo
+        .client
+        .run(move || TcpStream::connect_timeout(&vip_tcp, Duration::from_secs(2)).unwrap())
+        .unwrap();
+    topo.client
+        .run(move || testbed::tcp_hello(vip_tcp).unwrap())
+        .unwrap();
+    topo.client
+        .run(move || testbed::udp_request(vip_udp, b"x").unwrap())
+        .unwrap();
+    assert_eq!(flow_count(&agent.bpffs), 6, "three flows, two entries each");
+    testbed::wait_for(
+        Duration::from_secs(10),
+        "idle and closed flows aged out",
+        || (flow_count(&agent.bpffs) == 2).then_some(()),
+    )
+    .expect("only the open connection's two entries remain");
+    drop(open);
+}

@@ -1,6 +1,7 @@
 //! The kernel side of the agent: loads nodegate's eBPF object, attaches its programs to the chosen
 //! interfaces, pins its maps under `--bpffs`, and keeps the maps in step with the model.
 
+mod aging;
 mod attach;
 mod bpffs;
 mod ifaddrs;
@@ -15,6 +16,7 @@ use anyhow::Context as _;
 use aya::{Ebpf, EbpfLoader};
 use gateway_common::map_names;
 
+pub use aging::Timeouts;
 pub use attach::Attachment;
 pub use listeners::{ListenerEntry, Transport};
 pub use stats::DataplaneStats;
@@ -136,6 +138,11 @@ impl Dataplane {
             self.listeners.entries(),
             self.services.backends(),
         )
+    }
+
+    /// Removes flows idle past their timeout from the connection table.
+    pub fn age_flows(&mut self, timeouts: Timeouts) -> anyhow::Result<usize> {
+        aging::sweep(&mut self.ebpf, aging::monotonic_ns(), timeouts)
     }
 
     /// What the programs are attached to, and how.

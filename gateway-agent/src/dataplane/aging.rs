@@ -1,0 +1,139 @@
+//! Ages the connection table: a flow's two entries are removed together once the flow has been
+//! idle past its timeout — UDP by idle time, TCP by idle time, or sooner once closed (a RST, or a
+//! FIN in both directions). The LRU bound still caps the table in between sweeps.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use aya::{Ebpf, maps::HashMap};
+use gateway_common::{
+    listener::PROTO_UDP,
+    map_names,
+    nat::{FLOW_F_FIN, FLOW_F_RST, FlowKey, FlowNat},
+};
+
+/// How long flows may stay idle.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// UDP flows.
+    pub udp_idle: Duration,
+    /// TCP flows that are open.
+    pub tcp_idle: Duration,
+    /// TCP flows after a RST, or a FIN each way.
+    pub tcp_closed: Duration,
+}
+
+/// The key of the other direction of a flow: the tuple this entry rewrites to, reversed.
+fn partner(key: &FlowKey, nat: &FlowNat) -> FlowKey {
+    FlowKey {
+        src: nat.new_dst,
+        dst: nat.new_src,
+        sport: nat.new_dport,
+        dport: nat.new_sport,
+        proto: key.proto,
+        family: key.family,
+        _pad: [0; 2],
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds, the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the struct we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Removes expired flows; returns how many entries went.
+pub fn sweep(ebpf: &mut Ebpf, now_ns: u64, t: Timeouts) -> anyhow::Result<usize> {
+    let mut flows: HashMap<_, FlowKey, FlowNat> = HashMap::try_from(
+        ebpf.map_mut(map_names::FLOWS)
+            .context("FLOWS map missing")?,
+    )?;
+    let entries: Vec<(FlowKey, FlowNat)> = flows.iter().filter_map(Result::ok).collect();
+    let lookup: std::collections::HashMap<[u8; 40], FlowNat> =
+        entries.iter().map(|(k, v)| (key_bytes(k), *v)).collect();
+    let mut doomed = Vec::new();
+    for (key, nat) in &entries {
+        let other_key = partner(key, nat);
+        let other = lookup.get(&key_bytes(&other_key));
+        let last_seen = other.map_or(nat.last_seen_ns, |o| o.last_seen_ns.max(nat.last_seen_ns));
+        let flags = nat.flags | other.map_or(0, |o| o.flags);
+        let both_fin =
+            nat.flags & FLOW_F_FIN != 0 && other.is_some_and(|o| o.flags & FLOW_F_FIN != 0);
+        let limit = if key.proto == PROTO_UDP {
+            t.udp_idle
+        } else if flags & FLOW_F_RST != 0 || both_fin {
+            t.tcp_closed
+        } else {
+            t.tcp_idle
+        };
+        if now_ns.saturating_sub(last_seen) > limit.as_nanos() as u64 {
+            doomed.push(*key);
+        }
+    }
+    let mut removed = 0;
+    for key in doomed {
+        if flows.remove(&key).is_ok() {
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+fn key_bytes(k: &FlowKey) -> [u8; 40] {
+    let mut out = [0u8; 40];
+    out[..16].copy_from_slice(&k.src);
+    out[16..32].copy_from_slice(&k.dst);
+    out[32..34].copy_from_slice(&k.sport.to_ne_bytes());
+    out[34..36].copy_from_slice(&k.dport.to_ne_bytes());
+    out[36] = k.proto;
+    out[37] = k.family;
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_partner_of_a_partner_is_the_entry_itself() {
+        let client = FlowKey {
+            src: [1; 16],
+            dst: [2; 16],
+            sport: 1000,
+            dport: 80,
+            proto: 6,
+            family: 6,
+            _pad: [0; 2],
+        };
+        let forward = FlowNat {
+            new_src: [3; 16],
+            new_dst: [4; 16],
+            new_sport: 61000,
+            new_dport: 8080,
+            ..FlowNat::default()
+        };
+        let reply_key = partner(&client, &forward);
+        assert_eq!(
+            (
+                reply_key.src,
+                reply_key.dst,
+                reply_key.sport,
+                reply_key.dport
+            ),
+            ([4; 16], [3; 16], 8080, 61000)
+        );
+        let reply = FlowNat {
+            new_src: client.dst,
+            new_dst: client.src,
+            new_sport: client.dport,
+            new_dport: client.sport,
+            ..FlowNat::default()
+        };
+        assert_eq!(partner(&reply_key, &reply), client);
+    }
+}
