@@ -307,3 +307,179 @@ spec:
     .expect("reloaded route served");
     drop(agent);
 }
+
+/// A self-signed certificate for `name`: (cert PEM path, key PEM path).
+fn certificate(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    );
+    let status = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+        ])
+        .args([
+            "-subj",
+            &format!("/CN={name}"),
+            "-addext",
+            &format!("subjectAltName=DNS:{name}"),
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl");
+    assert!(status.success());
+    (cert, key)
+}
+
+/// A kubernetes.io/tls Secret holding the PEM files.
+fn tls_secret(name: &str, cert: &std::path::Path, key: &std::path::Path) -> String {
+    let indent = |p: &std::path::Path| {
+        std::fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .map(|l| format!("    {l}\n"))
+            .collect::<String>()
+    };
+    format!(
+        "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: default}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}",
+        indent(cert),
+        indent(key)
+    )
+}
+
+/// `openssl s_client` through the gateway: verifies the certificate for `sni` against `ca`,
+/// offers `alpn`, sends an HTTP/1.1 GET; returns everything it printed.
+fn tls_client(port: u16, sni: &str, ca: &std::path::Path, alpn: &str) -> String {
+    let mut child = std::process::Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &format!("127.0.0.1:{port}"),
+            "-servername",
+            sni,
+            "-verify_hostname",
+            sni,
+        ])
+        .arg("-CAfile")
+        .arg(ca)
+        .args(["-verify_return_error", "-alpn", alpn])
+        // For HTTP/1.1 keep reading after our request until the server closes; for h2 only the
+        // handshake (ALPN) is looked at, and s_client quits at the end of its input.
+        .args(if alpn == "http/1.1" {
+            &["-ign_eof"][..]
+        } else {
+            &[][..]
+        })
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    if alpn == "http/1.1" {
+        let _ = stdin.write_all(
+            format!("GET /tls HTTP/1.1\r\nHost: {sni}\r\nConnection: close\r\n\r\n").as_bytes(),
+        );
+    }
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn https_terminates_tls_with_the_certificate_chosen_by_sni() {
+    testbed::require_root("the HTTPS end-to-end test (the agent loads its BPF object)").unwrap();
+    let a = echo_backend("a", Duration::ZERO);
+    let certs = ConfigDir::new("https-certs", &[]).unwrap();
+    let (a_crt, a_key) = certificate(certs.path(), "a.example.com");
+    let (b_crt, b_key) = certificate(certs.path(), "b.example.com");
+    let (https_port, http_port) = (free_port(), free_port());
+    let yaml = format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: nodegate}}
+spec: {{controllerName: nodegate.io/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: default}}
+spec:
+  gatewayClassName: nodegate
+  listeners:
+  - {{name: a, protocol: HTTPS, port: {https_port}, hostname: a.example.com, tls: {{certificateRefs: [{{name: a-cert}}]}}}}
+  - {{name: b, protocol: HTTPS, port: {https_port}, hostname: b.example.com, tls: {{certificateRefs: [{{name: b-cert}}]}}}}
+  - {{name: plain, protocol: HTTP, port: {http_port}}}
+{}{}{}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: secure, namespace: default}}
+spec:
+  parentRefs: [{{name: gw, sectionName: a}}, {{name: gw, sectionName: b}}]
+  rules: [{{backendRefs: [{{name: a, port: 80}}]}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: upgrade, namespace: default}}
+spec:
+  parentRefs: [{{name: gw, sectionName: plain}}]
+  rules:
+  - filters: [{{type: RequestRedirect, requestRedirect: {{scheme: https, port: {https_port}, statusCode: 301}}}}]
+",
+        service("a", &[a]),
+        tls_secret("a-cert", &a_crt, &a_key),
+        tls_secret("b-cert", &b_crt, &b_key),
+    );
+    let dir = ConfigDir::new("https", &[("all.yaml", &yaml)]).unwrap();
+    let bpffs = TempBpffs::mount("https").unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let _agent = Agent::start_local(&bpffs, dir.path(), admin).expect("agent starts");
+
+    for (sni, ca) in [("a.example.com", &a_crt), ("b.example.com", &b_crt)] {
+        let out = tls_client(https_port, sni, ca, "http/1.1");
+        assert!(
+            out.contains("Verify return code: 0 (ok)"),
+            "{sni}: its own certificate verifies:\n{out}"
+        );
+        assert!(
+            out.contains("HTTP/1.1 200"),
+            "{sni}: request served over TLS:\n{out}"
+        );
+        assert!(
+            out.contains("\"x-forwarded-proto\":\"https\""),
+            "{sni}: X-Forwarded-Proto https:\n{out}"
+        );
+    }
+    // The wrong certificate does not verify for the other name.
+    let out = tls_client(https_port, "b.example.com", &a_crt, "http/1.1");
+    assert!(
+        !out.contains("Verify return code: 0 (ok)"),
+        "b is not served a's certificate:\n{out}"
+    );
+    // HTTP/2 is negotiated by ALPN.
+    let out = tls_client(https_port, "a.example.com", &a_crt, "h2");
+    assert!(out.contains("ALPN protocol: h2"), "h2 via ALPN:\n{out}");
+    // HTTP → HTTPS redirect.
+    let (st, h, _) = request(http_port, "GET", "a.example.com", "/login?next=/", &[]);
+    assert_eq!(st, 301);
+    assert_eq!(
+        header(&h, "location"),
+        Some(format!("https://a.example.com:{https_port}/login?next=/").as_str())
+    );
+}

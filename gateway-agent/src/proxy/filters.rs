@@ -78,7 +78,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// X-Forwarded-For (appended), X-Forwarded-Proto and X-Forwarded-Host, as proxies set them.
-pub fn set_forwarded(headers: &mut HeaderMap, peer: SocketAddr, host: &str) {
+pub fn set_forwarded(headers: &mut HeaderMap, peer: SocketAddr, host: &str, https: bool) {
     let client = peer.ip().to_string();
     let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
         Some(prev) if !prev.is_empty() => format!("{prev}, {client}"),
@@ -87,7 +87,10 @@ pub fn set_forwarded(headers: &mut HeaderMap, peer: SocketAddr, host: &str) {
     if let Ok(v) = HeaderValue::try_from(xff) {
         headers.insert("x-forwarded-for", v);
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    headers.insert(
+        "x-forwarded-proto",
+        HeaderValue::from_static(if https { "https" } else { "http" }),
+    );
     if let Ok(v) = HeaderValue::try_from(host) {
         headers.entry("x-forwarded-host").or_insert(v);
     }

@@ -66,6 +66,7 @@ pub async fn handle(
     shared: Arc<Shared>,
     listener: SocketAddr,
     peer: SocketAddr,
+    https: bool,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let grpc = is_grpc(&req);
@@ -106,7 +107,7 @@ pub async fn handle(
         return Ok(error(grpc, StatusCode::NOT_FOUND, "no route matches"));
     };
     let grpc = grpc || rule.grpc;
-    let work = serve_rule(&shared, peer, req, &rule, &host, &path, &query, grpc);
+    let work = serve_rule(&shared, peer, req, &rule, &host, &path, &query, grpc, https);
     let resp = match rule.timeouts.request {
         Some(limit) => match tokio::time::timeout(limit, work).await {
             Ok(resp) => resp,
@@ -130,6 +131,7 @@ async fn serve_rule(
     path: &str,
     query: &str,
     grpc: bool,
+    https: bool,
 ) -> Response<Body> {
     let mut response_mods = Vec::new();
     let mut new_path = path.to_string();
@@ -153,6 +155,7 @@ async fn serve_rule(
                     *port,
                     pm,
                     *status,
+                    https,
                 );
             }
             Filter::RequestHeaderModifier(m) => filters::modify_headers(req.headers_mut(), m),
@@ -204,7 +207,7 @@ async fn serve_rule(
     };
     *req.uri_mut() = uri;
     filters::strip_hop_by_hop(req.headers_mut());
-    filters::set_forwarded(req.headers_mut(), peer, host);
+    filters::set_forwarded(req.headers_mut(), peer, host, https);
     if let Some(h) = new_host
         && let Ok(v) = HeaderValue::try_from(h)
     {
@@ -258,14 +261,17 @@ fn redirect(
     port: Option<u16>,
     pm: &Option<gateway_model::http::PathModifier>,
     status: u16,
+    https: bool,
 ) -> Response<Body> {
     let (req_host, req_port) = match host.rsplit_once(':') {
         Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => (h, p.parse::<u16>().ok()),
         _ => (host, None),
     };
-    let scheme = scheme.clone().unwrap_or_else(|| "http".into());
+    let request_scheme = if https { "https" } else { "http" };
+    let scheme = scheme.clone().unwrap_or_else(|| request_scheme.into());
     let host = hostname.clone().unwrap_or_else(|| req_host.to_string());
-    let port = port.or(if hostname.is_none() && scheme == "http" {
+    // The request's port carries over only when neither the host nor the scheme changes.
+    let port = port.or(if hostname.is_none() && scheme == request_scheme {
         req_port
     } else {
         None

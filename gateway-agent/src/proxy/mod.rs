@@ -5,6 +5,7 @@
 
 mod filters;
 mod handler;
+mod tls;
 mod upstream;
 
 use std::{net::SocketAddr, sync::Arc};
@@ -22,6 +23,8 @@ pub struct Shared {
     pub model: ArcSwap<Model>,
     /// Upstream connection pools.
     pub upstreams: upstream::Upstreams,
+    /// Parsed certificates of the HTTPS listeners.
+    pub certs: Arc<ArcSwap<tls::CertTable>>,
 }
 
 /// The proxy: its listener sockets and the shared state.
@@ -37,6 +40,7 @@ impl Proxy {
             shared: Arc::new(Shared {
                 model: ArcSwap::from_pointee(Model::default()),
                 upstreams: upstream::Upstreams::new(),
+                certs: Arc::new(ArcSwap::from_pointee(tls::CertTable::new())),
             }),
             sockets: SocketSet::new("HTTP"),
         }
@@ -46,17 +50,22 @@ impl Proxy {
     /// closes the ones no longer in the model. A socket that cannot be bound is reported; the
     /// others keep serving.
     pub async fn apply(&self, model: Arc<Model>) -> Vec<anyhow::Error> {
-        let wanted: Vec<SocketAddr> = model
+        let wanted: Vec<SocketAddr> = model.http.iter().map(|l| l.address).collect();
+        let https: Vec<SocketAddr> = model
             .http
             .iter()
-            .filter(|l| l.tls.is_none())
+            .filter(|l| l.tls.is_some())
             .map(|l| l.address)
             .collect();
+        self.shared.certs.store(Arc::new(tls::cert_table(&model)));
         self.shared.model.store(model);
         let shared = self.shared.clone();
         self.sockets
             .reconcile(&wanted, |listener, addr| {
-                tokio::spawn(accept_loop(listener, addr, shared.clone()))
+                let acceptor = https.contains(&addr).then(|| {
+                    tokio_rustls::TlsAcceptor::from(tls::server_config(shared.certs.clone(), addr))
+                });
+                tokio::spawn(accept_loop(listener, addr, shared.clone(), acceptor))
             })
             .await
     }
@@ -67,7 +76,12 @@ impl Proxy {
     }
 }
 
-async fn accept_loop(listener: TcpListener, addr: SocketAddr, shared: Arc<Shared>) {
+async fn accept_loop(
+    listener: TcpListener,
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(conn) => conn,
@@ -79,24 +93,44 @@ async fn accept_loop(listener: TcpListener, addr: SocketAddr, shared: Arc<Shared
         };
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
+        let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                handler::handle(shared.clone(), addr, peer, req)
-            });
-            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(hyper_util::rt::TokioTimer::new())
-                // Slowloris: a client has this long to send its request head.
-                .header_read_timeout(std::time::Duration::from_secs(10))
-                .max_headers(100);
-            builder.http2().max_concurrent_streams(256);
-            if let Err(e) = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            match acceptor {
+                None => serve(TokioIo::new(stream), shared, addr, peer, false).await,
+                Some(acceptor) => {
+                    // The handshake shares the slowloris budget of a request head.
+                    let handshake = tokio::time::timeout(
+                        std::time::Duration::from_secs(10),
+                        acceptor.accept(stream),
+                    );
+                    match handshake.await {
+                        Ok(Ok(tls)) => serve(TokioIo::new(tls), shared, addr, peer, true).await,
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
             }
         });
+    }
+}
+
+/// Serves HTTP/1.1 and HTTP/2 (prior knowledge, or ALPN h2 over TLS) on one connection.
+async fn serve<IO>(io: IO, shared: Arc<Shared>, addr: SocketAddr, peer: SocketAddr, https: bool)
+where
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        handler::handle(shared.clone(), addr, peer, https, req)
+    });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        // Slowloris: a client has this long to send its request head.
+        .header_read_timeout(std::time::Duration::from_secs(10))
+        .max_headers(100);
+    builder.http2().max_concurrent_streams(256);
+    if let Err(e) = builder.serve_connection_with_upgrades(io, service).await {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }
