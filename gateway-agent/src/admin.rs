@@ -14,6 +14,7 @@ use crate::{dataplane::Dataplane, snapshot::Snapshot};
 struct AdminState {
     dataplane: Arc<Mutex<Dataplane>>,
     snapshots: watch::Receiver<Arc<Snapshot>>,
+    proxy: crate::proxy::ProxyMetrics,
 }
 
 /// Binds `addr` and serves the admin routes until the returned task is aborted.
@@ -21,6 +22,7 @@ pub async fn serve(
     addr: SocketAddr,
     dataplane: Arc<Mutex<Dataplane>>,
     snapshots: watch::Receiver<Arc<Snapshot>>,
+    proxy: crate::proxy::ProxyMetrics,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -32,6 +34,7 @@ pub async fn serve(
         .with_state(AdminState {
             dataplane,
             snapshots,
+            proxy,
         });
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -66,7 +69,7 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
         Ok(stats) => (
             StatusCode::OK,
             [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
-            crate::metrics::render(stats),
+            crate::metrics::render(stats, &state.proxy),
         )
             .into_response(),
         Err(e) => (

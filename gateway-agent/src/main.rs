@@ -117,7 +117,7 @@ async fn run(args: cli::RunArgs) -> anyhow::Result<()> {
     });
 
     // Consumer: the L7 proxy swaps routes and reconciles its listener sockets.
-    let proxy = Arc::new(proxy::Proxy::new());
+    let proxy = Arc::new(proxy::Proxy::new(args.access_log));
     for e in proxy.apply(first.model.clone()).await {
         tracing::error!(error = %format!("{e:#}"), "L7 listener not serving");
     }
@@ -161,7 +161,13 @@ async fn run(args: cli::RunArgs) -> anyhow::Result<()> {
         }
     });
 
-    let admin = admin::serve(args.admin_address, dataplane.clone(), admin_snapshots).await?;
+    let admin = admin::serve(
+        args.admin_address,
+        dataplane.clone(),
+        admin_snapshots,
+        proxy.metrics(),
+    )
+    .await?;
     tracing::info!(admin = %args.admin_address, "agent ready");
     shutdown_signal().await;
     tracing::info!("shutting down");

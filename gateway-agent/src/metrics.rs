@@ -108,10 +108,11 @@ impl Collector for KernelCounters {
     }
 }
 
-/// Renders `stats` in the Prometheus text format.
-pub fn render(stats: DataplaneStats) -> String {
+/// Renders the kernel counters and the proxy's metrics in the Prometheus text format.
+pub fn render(stats: DataplaneStats, proxy: &crate::proxy::ProxyMetrics) -> String {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(KernelCounters(stats)));
+    proxy.register(&mut registry);
     let mut out = String::new();
     // Encoding into a String cannot fail.
     let _ = prometheus_client::encoding::text::encode(&mut out, &registry);

@@ -289,6 +289,37 @@ fn http_routes_filters_weights_and_errors() {
         "UNAVAILABLE as a trailers-only response"
     );
 
+    // Per-route and per-backend counts, latency histograms, and the access log.
+    let m = agent.metrics().unwrap();
+    let served = testbed::metric_value(
+        &m,
+        "nodegate_http_requests_total",
+        &[
+            ("route", "HTTPRoute default/web"),
+            ("backend", "default/a:80"),
+            ("code", "200"),
+        ],
+    )
+    .unwrap_or(0.0);
+    assert!(
+        served >= 5.0,
+        "requests to backend a counted: {served}\n{m}"
+    );
+    let not_found = testbed::metric_value(
+        &m,
+        "nodegate_http_requests_total",
+        &[("route", "none"), ("code", "404")],
+    );
+    assert_eq!(not_found, Some(1.0), "the unrouted request counted once");
+    assert!(
+        m.contains("nodegate_http_request_duration_seconds_bucket{"),
+        "latency histogram exported"
+    );
+    assert!(
+        agent.log().contains("path=\"/exact\""),
+        "access log line per request"
+    );
+
     // Reload: a new route appears on the same listener without a restart.
     let extra = "---
 apiVersion: gateway.networking.k8s.io/v1

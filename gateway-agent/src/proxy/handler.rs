@@ -69,6 +69,7 @@ pub async fn handle(
     https: bool,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
+    let started = std::time::Instant::now();
     let grpc = is_grpc(&req);
     let model = shared.model.load_full();
     let Some(l) = model.http.iter().find(|l| l.address == listener) else {
@@ -104,10 +105,26 @@ pub async fn handle(
         l.route(&view).cloned()
     };
     let Some(rule) = rule else {
-        return Ok(error(grpc, StatusCode::NOT_FOUND, "no route matches"));
+        let resp = error(grpc, StatusCode::NOT_FOUND, "no route matches");
+        record(
+            &shared, peer, &method, &host, &path, "none", "none", &resp, started,
+        );
+        return Ok(resp);
     };
     let grpc = grpc || rule.grpc;
-    let work = serve_rule(&shared, peer, req, &rule, &host, &path, &query, grpc, https);
+    let mut picked = String::from("none");
+    let work = serve_rule(
+        &shared,
+        peer,
+        req,
+        &rule,
+        &host,
+        &path,
+        &query,
+        grpc,
+        https,
+        &mut picked,
+    );
     let resp = match rule.timeouts.request {
         Some(limit) => match tokio::time::timeout(limit, work).await {
             Ok(resp) => resp,
@@ -115,7 +132,48 @@ pub async fn handle(
         },
         None => work.await,
     };
+    record(
+        &shared,
+        peer,
+        &method,
+        &host,
+        &path,
+        &rule.route,
+        &picked,
+        &resp,
+        started,
+    );
     Ok(resp)
+}
+
+/// Metrics and the optional access log line for one request.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the parts of one access-log line"
+)]
+fn record(
+    shared: &Shared,
+    peer: SocketAddr,
+    method: &str,
+    host: &str,
+    path: &str,
+    route: &str,
+    backend: &str,
+    resp: &Response<Body>,
+    started: std::time::Instant,
+) {
+    let elapsed = started.elapsed();
+    let status = resp.status().as_u16();
+    shared
+        .metrics
+        .observe(route, backend, status, elapsed.as_secs_f64());
+    if shared.access_log {
+        tracing::info!(
+            target: "access",
+            %peer, method, host, path, status, route, backend,
+            micros = elapsed.as_micros() as u64,
+        );
+    }
 }
 
 #[allow(
@@ -132,6 +190,7 @@ async fn serve_rule(
     query: &str,
     grpc: bool,
     https: bool,
+    picked: &mut String,
 ) -> Response<Body> {
     let mut response_mods = Vec::new();
     let mut new_path = path.to_string();
@@ -178,6 +237,7 @@ async fn serve_rule(
     let Some(backend) = upstream::pick(&rule.backends) else {
         return error(grpc, StatusCode::INTERNAL_SERVER_ERROR, "no usable backend");
     };
+    picked.clone_from(&backend.name);
     if !backend.resolved {
         return error(
             grpc,

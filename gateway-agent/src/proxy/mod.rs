@@ -5,8 +5,11 @@
 
 mod filters;
 mod handler;
+mod metrics;
 mod tls;
 mod upstream;
+
+pub use metrics::ProxyMetrics;
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -25,6 +28,10 @@ pub struct Shared {
     pub upstreams: upstream::Upstreams,
     /// Parsed certificates of the HTTPS listeners.
     pub certs: Arc<ArcSwap<tls::CertTable>>,
+    /// Request counts and latencies.
+    pub metrics: metrics::ProxyMetrics,
+    /// Whether every request is logged (target `access`).
+    pub access_log: bool,
 }
 
 /// The proxy: its listener sockets and the shared state.
@@ -34,13 +41,15 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// A proxy serving nothing yet.
-    pub fn new() -> Self {
+    /// A proxy serving nothing yet; `access_log` logs one line per request.
+    pub fn new(access_log: bool) -> Self {
         Proxy {
             shared: Arc::new(Shared {
                 model: ArcSwap::from_pointee(Model::default()),
                 upstreams: upstream::Upstreams::new(),
                 certs: Arc::new(ArcSwap::from_pointee(tls::CertTable::new())),
+                metrics: metrics::ProxyMetrics::new(),
+                access_log,
             }),
             sockets: SocketSet::new("HTTP"),
         }
@@ -73,6 +82,11 @@ impl Proxy {
     /// Stops accepting on every socket.
     pub async fn shutdown(&self) {
         self.sockets.shutdown().await;
+    }
+
+    /// The proxy's metric families, for `/metrics`.
+    pub fn metrics(&self) -> metrics::ProxyMetrics {
+        self.shared.metrics.clone()
     }
 }
 

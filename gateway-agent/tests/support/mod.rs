@@ -153,7 +153,7 @@ impl Agent {
         let child = Command::new(env!("CARGO_BIN_EXE_gateway-agent"))
             .args(["--log", "info,gateway_agent=debug", "run", "--config-dir"])
             .arg(config)
-            .args(["--bind-address", "127.0.0.1", "--bpffs"])
+            .args(["--bind-address", "127.0.0.1", "--access-log", "--bpffs"])
             .arg(bpffs.path())
             .args(["--admin-address", &admin.to_string()])
             .stdin(Stdio::null())
