@@ -84,6 +84,9 @@ pub struct RunArgs {
     /// Closed TCP flows (RST, or FIN both ways) leave the connection table after this.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub tcp_closed_timeout: std::time::Duration,
+    /// On SIGTERM, how long requests in flight get to finish before connections are closed.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: std::time::Duration,
     /// Log one structured line per proxied request (tracing target `access`).
     #[arg(long)]
     pub access_log: bool,

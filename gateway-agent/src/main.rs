@@ -175,7 +175,7 @@ async fn run(args: cli::RunArgs) -> anyhow::Result<()> {
     dataplane_task.abort();
     proxy_task.abort();
     aging_task.abort();
-    proxy.shutdown().await;
+    proxy.shutdown(args.drain_timeout).await;
     passthrough.shutdown().await;
     admin.abort();
     dataplane.lock().await.shutdown();

@@ -514,3 +514,50 @@ spec:
         Some(format!("https://a.example.com:{https_port}/login?next=/").as_str())
     );
 }
+
+/// SIGTERM stops accepting but lets the request in flight finish.
+#[test]
+fn sigterm_drains_requests_in_flight() {
+    testbed::require_root("the L7 end-to-end test (the agent loads its BPF object)").unwrap();
+    let slow = echo_backend("slow", Duration::from_millis(1500));
+    let http_port = free_port();
+    let yaml = format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: nodegate}}
+spec: {{controllerName: nodegate.io/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: default}}
+spec:
+  gatewayClassName: nodegate
+  listeners: [{{name: http, protocol: HTTP, port: {http_port}}}]
+{}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: slow, namespace: default}}
+spec:
+  parentRefs: [{{name: gw}}]
+  rules: [{{backendRefs: [{{name: slow, port: 80}}]}}]
+",
+        service("slow", &[slow])
+    );
+    let dir = ConfigDir::new("drain", &[("all.yaml", &yaml)]).unwrap();
+    let bpffs = TempBpffs::mount("drain").unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut agent = Agent::start_local(&bpffs, dir.path(), admin).expect("agent starts");
+    let in_flight = std::thread::spawn(move || request(http_port, "GET", "x", "/in-flight", &[]));
+    std::thread::sleep(Duration::from_millis(400));
+    agent.stop_async_term().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        TcpStream::connect(("127.0.0.1", http_port)).is_err(),
+        "no new connection is accepted while draining"
+    );
+    let (status, _, body) = in_flight.join().unwrap();
+    assert_eq!(status, 200, "the request in flight finished: {body}");
+    assert_eq!(json(&body)["backend"], "slow");
+    agent.wait_exit().expect("clean exit after the drain");
+}

@@ -32,6 +32,10 @@ pub struct Shared {
     pub metrics: metrics::ProxyMetrics,
     /// Whether every request is logged (target `access`).
     pub access_log: bool,
+    /// Flips to true when the proxy drains: connections finish their requests and close.
+    pub draining: tokio::sync::watch::Sender<bool>,
+    /// Connections open right now.
+    pub open_connections: std::sync::atomic::AtomicUsize,
 }
 
 /// The proxy: its listener sockets and the shared state.
@@ -50,6 +54,8 @@ impl Proxy {
                 certs: Arc::new(ArcSwap::from_pointee(tls::CertTable::new())),
                 metrics: metrics::ProxyMetrics::new(),
                 access_log,
+                draining: tokio::sync::watch::channel(false).0,
+                open_connections: std::sync::atomic::AtomicUsize::new(0),
             }),
             sockets: SocketSet::new("HTTP"),
         }
@@ -79,9 +85,30 @@ impl Proxy {
             .await
     }
 
-    /// Stops accepting on every socket.
-    pub async fn shutdown(&self) {
+    /// Graceful drain: stops accepting, lets requests in flight finish (connections close after
+    /// their current request; HTTP/2 sends GOAWAY), and returns when every connection has closed or
+    /// `grace` has passed.
+    pub async fn shutdown(&self, grace: std::time::Duration) {
         self.sockets.shutdown().await;
+        self.shared.draining.send_replace(true);
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let open = self
+                .shared
+                .open_connections
+                .load(std::sync::atomic::Ordering::SeqCst);
+            if open == 0 {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    open,
+                    "drain grace period over; closing remaining connections"
+                );
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 
     /// The proxy's metric families, for `/metrics`.
@@ -133,6 +160,13 @@ async fn serve<IO>(io: IO, shared: Arc<Shared>, addr: SocketAddr, peer: SocketAd
 where
     IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
+    use std::sync::atomic::Ordering;
+    let mut draining = shared.draining.subscribe();
+    if *draining.borrow() {
+        return;
+    }
+    shared.open_connections.fetch_add(1, Ordering::SeqCst);
+    let counter = shared.clone();
     let service = hyper::service::service_fn(move |req| {
         handler::handle(shared.clone(), addr, peer, https, req)
     });
@@ -144,7 +178,21 @@ where
         .header_read_timeout(std::time::Duration::from_secs(10))
         .max_headers(100);
     builder.http2().max_concurrent_streams(256);
-    if let Err(e) = builder.serve_connection_with_upgrades(io, service).await {
+    let conn = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        () = async {
+            // The watch guard is not Send: drop it before the arm awaits.
+            let _ = draining.wait_for(|d| *d).await;
+        } => {
+            // Finish the request in flight, then close (HTTP/2: GOAWAY).
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
+    counter.open_connections.fetch_sub(1, Ordering::SeqCst);
 }

@@ -191,6 +191,25 @@ impl Agent {
         Ok(body)
     }
 
+    /// Sends SIGTERM without waiting (see [`Agent::wait_exit`]).
+    pub fn stop_async_term(&mut self) -> anyhow::Result<()> {
+        let child = self.child.as_ref().context("agent already stopped")?;
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()?;
+        Ok(())
+    }
+
+    /// Waits for the agent to exit; the exit status must be success.
+    pub fn wait_exit(&mut self) -> anyhow::Result<()> {
+        let mut child = self.child.take().context("agent already stopped")?;
+        let status = child.wait()?;
+        if !status.success() {
+            bail!("gateway-agent exited with {status}");
+        }
+        Ok(())
+    }
+
     /// SIGTERM, and the exit status must be success.
     pub fn stop(&mut self) -> anyhow::Result<()> {
         let mut child = self.child.take().context("agent already stopped")?;
