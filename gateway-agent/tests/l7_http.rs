@@ -561,3 +561,178 @@ spec:
     assert_eq!(json(&body)["backend"], "slow");
     agent.wait_exit().expect("clean exit after the drain");
 }
+
+/// A backend answering `status_for(n)` to its n-th request (0-based) after `delay`, recording
+/// every path it saw.
+fn scripted_backend(
+    delay: Duration,
+    status_for: fn(usize) -> u16,
+) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let record = seen.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            listener.set_nonblocking(true).unwrap();
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let record = record.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(
+                        move |req: hyper::Request<hyper::body::Incoming>| {
+                            let record = record.clone();
+                            async move {
+                                let n = {
+                                    let mut seen = record.lock().unwrap();
+                                    seen.push(req.uri().path().to_string());
+                                    seen.len() - 1
+                                };
+                                tokio::time::sleep(delay).await;
+                                let mut resp = hyper::Response::new(http_body_util::Full::new(
+                                    bytes::Bytes::from("scripted"),
+                                ));
+                                *resp.status_mut() =
+                                    hyper::StatusCode::from_u16(status_for(n)).unwrap();
+                                Ok::<_, std::convert::Infallible>(resp)
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+    });
+    (port, seen)
+}
+
+#[test]
+fn mirror_cors_and_retries() {
+    testbed::require_root("the L7 end-to-end test (the agent loads its BPF object)").unwrap();
+    let primary = echo_backend("primary", Duration::ZERO);
+    // The mirror is slow: the client must not wait for it.
+    let (mirror, mirrored) = scripted_backend(Duration::from_secs(2), |_| 200);
+    // Every other request fails with 503.
+    let (flaky, flaky_seen) =
+        scripted_backend(Duration::ZERO, |n| if n % 2 == 0 { 503 } else { 200 });
+    let http_port = free_port();
+    let yaml = format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: nodegate}}
+spec: {{controllerName: nodegate.io/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: default}}
+spec:
+  gatewayClassName: nodegate
+  listeners: [{{name: http, protocol: HTTP, port: {http_port}}}]
+{}{}{}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: r, namespace: default}}
+spec:
+  parentRefs: [{{name: gw}}]
+  rules:
+  - matches: [{{path: {{type: PathPrefix, value: /mirrored}}}}]
+    filters: [{{type: RequestMirror, requestMirror: {{backendRef: {{name: mirror, port: 80}}}}}}]
+    backendRefs: [{{name: primary, port: 80}}]
+  - matches: [{{path: {{type: PathPrefix, value: /cors}}}}]
+    filters:
+    - type: CORS
+      cors: {{allowOrigins: ['https://app.example.com'], allowMethods: [GET, PUT], allowHeaders: [x-token], exposeHeaders: [x-trace], maxAge: 600}}
+    backendRefs: [{{name: primary, port: 80}}]
+  - matches: [{{path: {{type: PathPrefix, value: /flaky}}}}]
+    retry: {{codes: [503], attempts: 2}}
+    backendRefs: [{{name: flaky, port: 80}}]
+",
+        service("primary", &[primary]),
+        service("mirror", &[mirror]),
+        service("flaky", &[flaky]),
+    );
+    let dir = ConfigDir::new("mirror", &[("all.yaml", &yaml)]).unwrap();
+    let bpffs = TempBpffs::mount("mirror").unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let _agent = Agent::start_local(&bpffs, dir.path(), admin).expect("agent starts");
+
+    // RequestMirror: the client's answer comes from the primary at once; the copy arrives too.
+    let started = std::time::Instant::now();
+    let (st, _, body) = request(http_port, "GET", "h", "/mirrored/x", &[]);
+    assert_eq!(
+        (st, json(&body)["backend"].as_str().unwrap()),
+        (200, "primary")
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "the slow mirror did not delay the client"
+    );
+    testbed::wait_for(Duration::from_secs(5), "the mirrored copy", || {
+        mirrored
+            .lock()
+            .unwrap()
+            .contains(&"/mirrored/x".to_string())
+            .then_some(())
+    })
+    .expect("mirror received a copy");
+
+    // CORS: preflight answered by the gateway, responses decorated for allowed origins only.
+    let (st, h, _) = request(
+        http_port,
+        "OPTIONS",
+        "h",
+        "/cors",
+        &[
+            ("Origin", "https://app.example.com"),
+            ("Access-Control-Request-Method", "PUT"),
+        ],
+    );
+    assert_eq!(st, 204);
+    assert_eq!(
+        header(&h, "access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
+    assert_eq!(header(&h, "access-control-allow-methods"), Some("GET, PUT"));
+    assert_eq!(header(&h, "access-control-max-age"), Some("600"));
+    let (st, h, _) = request(
+        http_port,
+        "GET",
+        "h",
+        "/cors",
+        &[("Origin", "https://app.example.com")],
+    );
+    assert_eq!(st, 200);
+    assert_eq!(header(&h, "access-control-expose-headers"), Some("x-trace"));
+    let (_, h, _) = request(
+        http_port,
+        "GET",
+        "h",
+        "/cors",
+        &[("Origin", "https://evil.example.net")],
+    );
+    assert_eq!(
+        header(&h, "access-control-allow-origin"),
+        None,
+        "other origins get no CORS headers"
+    );
+
+    // Retries: every other backend answer is a 503; with retries on 503 every client request succeeds.
+    for i in 0..6 {
+        let (st, _, _) = request(http_port, "GET", "h", &format!("/flaky/{i}"), &[]);
+        assert_eq!(st, 200, "request {i} retried past the 503");
+    }
+    assert!(
+        flaky_seen.lock().unwrap().len() >= 9,
+        "the backend saw the retries"
+    );
+}

@@ -10,10 +10,15 @@ use http::{HeaderValue, Request, Response, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::Incoming;
 
-use super::{Shared, filters, upstream};
+use super::{Shared, cors, filters, upstream};
 
 /// The response body type of the proxy.
 pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// An empty body.
+pub fn empty() -> Body {
+    full(Bytes::new())
+}
 
 fn full(text: impl Into<Bytes>) -> Body {
     Full::new(text.into())
@@ -195,6 +200,8 @@ async fn serve_rule(
     let mut response_mods = Vec::new();
     let mut new_path = path.to_string();
     let mut new_host: Option<String> = None;
+    let mut mirrors = Vec::new();
+    let mut cors = None;
     for f in &rule.filters {
         match f {
             Filter::RequestRedirect {
@@ -227,33 +234,25 @@ async fn serve_rule(
                     new_path = filters::rewrite_path(path, &rule.matcher.path, pm);
                 }
             }
-            // Mirroring and CORS are carried in the model; this proxy does not apply them yet.
-            Filter::RequestMirror { .. } | Filter::Cors(_) => {}
+            Filter::RequestMirror { backend, percent } => mirrors.push((backend, *percent)),
+            Filter::Cors(c) => cors = Some(c),
         }
+    }
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    if let (Some(c), Some(o)) = (cors, origin.as_deref())
+        && req.method() == http::Method::OPTIONS
+        && req
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+    {
+        return cors::preflight(c, o);
     }
     if rule.fallback == Fallback::InternalError {
         return error(grpc, StatusCode::INTERNAL_SERVER_ERROR, "no usable backend");
-    }
-    let Some(backend) = upstream::pick(&rule.backends) else {
-        return error(grpc, StatusCode::INTERNAL_SERVER_ERROR, "no usable backend");
-    };
-    picked.clone_from(&backend.name);
-    if !backend.resolved {
-        return error(
-            grpc,
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "backend reference not resolved",
-        );
-    }
-    let Some(endpoint) = upstream::endpoint(backend) else {
-        return error(grpc, StatusCode::SERVICE_UNAVAILABLE, "no ready endpoint");
-    };
-    for f in &backend.filters {
-        match f {
-            Filter::RequestHeaderModifier(m) => filters::modify_headers(req.headers_mut(), m),
-            Filter::ResponseHeaderModifier(m) => response_mods.push(m.clone()),
-            _ => {}
-        }
     }
 
     let path_and_query = if query.is_empty() {
@@ -261,11 +260,6 @@ async fn serve_rule(
     } else {
         format!("{new_path}?{query}")
     };
-    let uri: Uri = match format!("http://{endpoint}{path_and_query}").parse() {
-        Ok(u) => u,
-        Err(_) => return error(grpc, StatusCode::BAD_REQUEST, "invalid path"),
-    };
-    *req.uri_mut() = uri;
     filters::strip_hop_by_hop(req.headers_mut());
     filters::set_forwarded(req.headers_mut(), peer, host, https);
     if let Some(h) = new_host
@@ -273,7 +267,157 @@ async fn serve_rule(
     {
         req.headers_mut().insert(header::HOST, v);
     }
-    if grpc || backend.h2c {
+    let (parts, body) = req.into_parts();
+    // A request that may be sent more than once (mirror copies, retries) is buffered when it
+    // announces a small body; larger or unannounced bodies stream once, without copies or retries.
+    let replay = !mirrors.is_empty() || rule.retry.is_some();
+    let announced = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let bodyless = announced == Some(0)
+        || (announced.is_none() && !parts.headers.contains_key(header::TRANSFER_ENCODING));
+    let mut streaming = Some(body);
+    let mut buffered: Option<Bytes> = None;
+    if replay && (bodyless || announced.is_some_and(|n| n <= MAX_REPLAY_BODY)) {
+        match streaming.take().map(|b| b.collect()) {
+            Some(collect) => match collect.await {
+                Ok(collected) => buffered = Some(collected.to_bytes()),
+                Err(_) => return error(grpc, StatusCode::BAD_REQUEST, "request body aborted"),
+            },
+            None => unreachable!("the body is taken once"),
+        }
+    }
+    let head = RequestHead {
+        method: parts.method,
+        headers: parts.headers,
+        path_and_query,
+        grpc,
+    };
+    if let Some(bytes) = &buffered {
+        for (mirror, percent) in mirrors {
+            if fastrand::f64() * 100.0 < percent {
+                mirror_request(shared, &head, mirror, bytes.clone());
+            }
+        }
+    }
+
+    let attempts = rule.retry.as_ref().map_or(1, |r| 1 + r.attempts.max(1)) as usize;
+    let mut outcome = error(grpc, StatusCode::INTERNAL_SERVER_ERROR, "no usable backend");
+    for attempt in 0..attempts {
+        if attempt > 0
+            && let Some(backoff) = rule.retry.as_ref().and_then(|r| r.backoff)
+        {
+            tokio::time::sleep(backoff).await;
+        }
+        let body = match (&buffered, streaming.take()) {
+            (Some(bytes), _) => full(bytes.clone()),
+            (None, Some(b)) => b.boxed(),
+            // A streamed body can be sent only once.
+            (None, None) => break,
+        };
+        let Some(backend) = upstream::pick(&rule.backends) else {
+            return error(grpc, StatusCode::INTERNAL_SERVER_ERROR, "no usable backend");
+        };
+        picked.clone_from(&backend.name);
+        if !backend.resolved {
+            return error(
+                grpc,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "backend reference not resolved",
+            );
+        }
+        let Some(endpoint) = upstream::endpoint(backend) else {
+            return error(grpc, StatusCode::SERVICE_UNAVAILABLE, "no ready endpoint");
+        };
+        let mut response_mods = response_mods.clone();
+        let mut headers = head.headers.clone();
+        for f in &backend.filters {
+            match f {
+                Filter::RequestHeaderModifier(m) => filters::modify_headers(&mut headers, m),
+                Filter::ResponseHeaderModifier(m) => response_mods.push(m.clone()),
+                _ => {}
+            }
+        }
+        let retryable_codes = rule
+            .retry
+            .as_ref()
+            .map(|r| r.codes.as_slice())
+            .unwrap_or(&[]);
+        let last = attempt + 1 == attempts;
+        match send(
+            shared,
+            &head,
+            headers,
+            backend,
+            endpoint,
+            body,
+            rule.timeouts.backend_request,
+        )
+        .await
+        {
+            Ok(mut resp) => {
+                if !last && retryable_codes.contains(&resp.status().as_u16()) {
+                    continue;
+                }
+                filters::strip_hop_by_hop(resp.headers_mut());
+                for m in &response_mods {
+                    filters::modify_headers(resp.headers_mut(), m);
+                }
+                if let (Some(c), Some(o)) = (cors, origin.as_deref()) {
+                    cors::decorate(c, o, resp.headers_mut());
+                }
+                return resp;
+            }
+            Err(status) => {
+                outcome = error(
+                    grpc,
+                    status,
+                    if status == StatusCode::GATEWAY_TIMEOUT {
+                        "backend timeout"
+                    } else {
+                        "backend unreachable"
+                    },
+                );
+                if last {
+                    break;
+                }
+            }
+        }
+    }
+    outcome
+}
+
+/// Bodies up to this size are buffered when a request may be replayed (mirrors, retries).
+const MAX_REPLAY_BODY: u64 = 1 << 20;
+
+/// What every attempt and mirror copy of a request shares.
+struct RequestHead {
+    method: http::Method,
+    headers: http::HeaderMap,
+    path_and_query: String,
+    grpc: bool,
+}
+
+/// Sends one attempt to `endpoint`: a response, or the status to answer with (502, 504).
+async fn send(
+    shared: &Shared,
+    head: &RequestHead,
+    headers: http::HeaderMap,
+    backend: &gateway_model::http::Backend,
+    endpoint: SocketAddr,
+    body: Body,
+    timeout: Option<std::time::Duration>,
+) -> Result<Response<Body>, StatusCode> {
+    let uri: Uri = format!("http://{endpoint}{}", head.path_and_query)
+        .parse()
+        .map_err(|_| StatusCode::BAD_REQUEST)?;
+    let mut req = Request::new(body);
+    *req.method_mut() = head.method.clone();
+    *req.uri_mut() = uri;
+    *req.headers_mut() = headers;
+    if head.grpc || backend.h2c {
         // gRPC needs the TE: trailers hop-by-hop header end to end.
         req.headers_mut()
             .insert(header::TE, HeaderValue::from_static("trailers"));
@@ -287,25 +431,56 @@ async fn serve_rule(
         &shared.upstreams.http1
     };
     let sent = client.request(req);
-    let result = match rule.timeouts.backend_request {
-        Some(limit) => match tokio::time::timeout(limit, sent).await {
-            Ok(r) => r,
-            Err(_) => return error(grpc, StatusCode::GATEWAY_TIMEOUT, "backend timeout"),
-        },
+    let result = match timeout {
+        Some(limit) => tokio::time::timeout(limit, sent)
+            .await
+            .map_err(|_| StatusCode::GATEWAY_TIMEOUT)?,
         None => sent.await,
     };
-    let mut resp = match result {
-        Ok(resp) => resp.map(|b| b.boxed()),
+    match result {
+        Ok(resp) => Ok(resp.map(|b| b.boxed())),
         Err(e) => {
             tracing::debug!(backend = %backend.name, %endpoint, error = %e, "upstream request failed");
-            return error(grpc, StatusCode::BAD_GATEWAY, "backend unreachable");
+            Err(StatusCode::BAD_GATEWAY)
         }
-    };
-    filters::strip_hop_by_hop(resp.headers_mut());
-    for m in &response_mods {
-        filters::modify_headers(resp.headers_mut(), m);
     }
-    resp
+}
+
+/// Fire and forget: a copy of the request to the mirror backend; its answer is ignored and it
+/// never delays or changes the client's response.
+fn mirror_request(
+    shared: &Shared,
+    head: &RequestHead,
+    mirror: &gateway_model::http::Backend,
+    body: Bytes,
+) {
+    let Some(endpoint) = upstream::endpoint(mirror) else {
+        return;
+    };
+    let Ok(uri) = format!("http://{endpoint}{}", head.path_and_query).parse::<Uri>() else {
+        return;
+    };
+    let mut req = Request::new(full(body));
+    *req.method_mut() = head.method.clone();
+    *req.uri_mut() = uri;
+    *req.headers_mut() = head.headers.clone();
+    let client = if mirror.h2c {
+        shared.upstreams.h2c.clone()
+    } else {
+        shared.upstreams.http1.clone()
+    };
+    if mirror.h2c {
+        *req.version_mut() = http::Version::HTTP_2;
+    }
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            if let Ok(resp) = client.request(req).await {
+                // Drain the answer so the pooled connection can be reused.
+                let _ = resp.into_body().collect().await;
+            }
+        })
+        .await;
+    });
 }
 
 /// Builds the redirect response. Unset parts keep the request's; a scheme change without a port

@@ -3,6 +3,7 @@
 //! atomically while requests in flight finish on the model they started with; listener sockets
 //! whose address stays are never closed by a reload.
 
+mod cors;
 mod filters;
 mod handler;
 mod metrics;

@@ -4,7 +4,6 @@
 use std::net::SocketAddr;
 
 use gateway_model::http::Backend;
-use hyper::body::Incoming;
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::TokioExecutor,
@@ -13,9 +12,9 @@ use hyper_util::{
 /// The two client pools: HTTP/1.1 (keep-alive) and HTTP/2 cleartext (prior knowledge).
 pub struct Upstreams {
     /// HTTP/1.1 pool.
-    pub http1: Client<HttpConnector, Incoming>,
+    pub http1: Client<HttpConnector, super::handler::Body>,
     /// h2c pool (appProtocol h2c, gRPC).
-    pub h2c: Client<HttpConnector, Incoming>,
+    pub h2c: Client<HttpConnector, super::handler::Body>,
 }
 
 impl Upstreams {
