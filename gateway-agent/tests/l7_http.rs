@@ -736,3 +736,120 @@ spec:
         "the backend saw the retries"
     );
 }
+
+/// Raw bytes in, raw bytes out (for malformed requests).
+fn raw(port: u16, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).to_string()
+}
+
+#[test]
+fn smuggled_requests_are_not_served_and_reloads_under_load_drop_nothing() {
+    testbed::require_root("the L7 end-to-end test (the agent loads its BPF object)").unwrap();
+    let (a, b) = (
+        echo_backend("a", Duration::ZERO),
+        echo_backend("b", Duration::ZERO),
+    );
+    let http_port = free_port();
+    let config = |backend: &str| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: nodegate}}
+spec: {{controllerName: nodegate.io/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: default}}
+spec:
+  gatewayClassName: nodegate
+  listeners: [{{name: http, protocol: HTTP, port: {http_port}}}]
+{}{}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: r, namespace: default}}
+spec:
+  parentRefs: [{{name: gw}}]
+  rules: [{{backendRefs: [{{name: {backend}, port: 80}}]}}]
+",
+            service("a", &[a]),
+            service("b", &[b])
+        )
+    };
+    let dir = ConfigDir::new("smuggle", &[("all.yaml", &config("a"))]).unwrap();
+    let bpffs = TempBpffs::mount("smuggle").unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let agent = Agent::start_local(&bpffs, dir.path(), admin).expect("agent starts");
+
+    // CL + TE: handled as RFC 9112 section 6.3 allows (Transfer-Encoding wins, then the
+    // connection is closed), so the request smuggled behind it is never served.
+    let out = raw(
+        http_port,
+        b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n",
+    );
+    assert!(
+        out.contains("connection: close"),
+        "the connection is closed after it: {out}"
+    );
+    assert!(
+        !out.contains("/smuggled"),
+        "the smuggled request was not served: {out}"
+    );
+    assert_eq!(
+        out.matches("HTTP/1.1 ").count(),
+        1,
+        "one response only: {out}"
+    );
+    // Conflicting Content-Length values: 400 too.
+    let out = raw(
+        http_port,
+        b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+    );
+    assert!(
+        out.starts_with("HTTP/1.1 400"),
+        "duplicate Content-Length refused: {out}"
+    );
+
+    // Continuous load while the route flips between backends: no request fails.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let loaders: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let (mut ok, mut failed) = (0, 0);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let (st, _, _) = request(http_port, "GET", "h", "/load", &[]);
+                    if st == 200 { ok += 1 } else { failed += 1 }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    for round in 0..6 {
+        std::fs::write(
+            dir.path().join("all.yaml"),
+            config(if round % 2 == 0 { "b" } else { "a" }),
+        )
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, 0);
+    for l in loaders {
+        let (o, f) = l.join().unwrap();
+        ok += o;
+        failed += f;
+    }
+    assert!(ok > 100, "load ran ({ok} requests)");
+    assert_eq!(
+        failed, 0,
+        "no request failed across six reloads ({ok} succeeded)"
+    );
+    let (_, body) = agent.get("/debug/status").unwrap();
+    assert!(body.contains("\"generation\""), "{body}");
+}
