@@ -84,6 +84,11 @@ pub struct RunArgs {
     /// Closed TCP flows (RST, or FIN both ways) leave the connection table after this.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub tcp_closed_timeout: std::time::Duration,
+    /// On exit, leave the kernel programs attached and the maps pinned for the next agent (which
+    /// adopts them), so a restart or upgrade does not reset established L4 connections. Without
+    /// it the agent detaches everything and removes its pins.
+    #[arg(long)]
+    pub keep_on_exit: bool,
     /// On SIGTERM, how long requests in flight get to finish before connections are closed.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub drain_timeout: std::time::Duration,

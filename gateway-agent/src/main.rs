@@ -178,7 +178,11 @@ async fn run(args: cli::RunArgs) -> anyhow::Result<()> {
     proxy.shutdown(args.drain_timeout).await;
     passthrough.shutdown().await;
     admin.abort();
-    dataplane.lock().await.shutdown();
+    if args.keep_on_exit {
+        dataplane.lock().await.keep_running();
+    } else {
+        dataplane.lock().await.shutdown();
+    }
     Ok(())
 }
 

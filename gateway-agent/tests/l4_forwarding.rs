@@ -415,3 +415,59 @@ fn flows_age_out() {
     .expect("only the open connection's two entries remain");
     drop(open);
 }
+
+/// With --keep-on-exit an agent restart does not reset established connections: the programs
+/// stay attached while no agent runs, and the next agent adopts the pinned links and maps.
+#[test]
+fn established_connections_survive_an_agent_restart() {
+    use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+    let topo = Topology::create("rst", 3).expect("topology");
+    start_backends(&topo);
+    let bpffs = TempBpffs::mount("rst").unwrap();
+    let dir = ConfigDir::new("rst", &[("all.yaml", &config(&[backend_v4(1)]))]).unwrap();
+    let mut first = Agent::start_with(&topo, &bpffs, dir.path(), "xdp", &["--keep-on-exit"])
+        .expect("first agent");
+    let vip_tcp = SocketAddr::new(GATEWAY_V4.into(), 9000);
+    let mut conn = topo
+        .client
+        .run(move || {
+            let s = TcpStream::connect_timeout(&vip_tcp, Duration::from_secs(2)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            let mut line = String::new();
+            BufReader::new(s.try_clone().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            s
+        })
+        .unwrap();
+    let mut round_trip = |what: &str| {
+        conn.write_all(b"ping-pong\n").unwrap();
+        let mut buf = [0u8; 10];
+        conn.read_exact(&mut buf)
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(&buf, b"ping-pong\n", "{what}");
+    };
+    round_trip("before the restart");
+    first.stop().expect("first agent exits cleanly");
+    assert!(
+        bpffs.path().join("links").read_dir().unwrap().count() >= 2,
+        "links left pinned"
+    );
+    round_trip("while no agent runs");
+    let mut second = Agent::start(&topo, &bpffs, dir.path(), "xdp").expect("second agent adopts");
+    round_trip("after the new agent adopted the data plane");
+    assert!(
+        second.log().contains("adopted the running XDP link"),
+        "{}",
+        second.log()
+    );
+    // New connections work through the new agent too.
+    topo.client
+        .run(move || testbed::tcp_hello(vip_tcp).unwrap())
+        .unwrap();
+    second.stop().unwrap();
+    assert!(
+        !bpffs.path().join("FLOWS").exists(),
+        "without --keep-on-exit the pins are removed"
+    );
+}

@@ -76,6 +76,35 @@ fn sort_key(k: &ListenerKey) -> Key {
 }
 
 impl ListenerTable {
+    /// The table as a previous agent left `LISTENERS`: its keys keep their ids (and counters);
+    /// names and backends are filled in by the next sync.
+    pub fn adopt(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
+        let map: HashMap<_, ListenerKey, ListenerValue> = HashMap::try_from(
+            ebpf.map_mut(map_names::LISTENERS)
+                .context("LISTENERS map missing")?,
+        )?;
+        let mut written = BTreeMap::new();
+        for (key, value) in map.iter().filter_map(Result::ok) {
+            let ip = if key.family == FAMILY_V4 {
+                IpAddr::from([key.addr[0], key.addr[1], key.addr[2], key.addr[3]])
+            } else {
+                IpAddr::from(key.addr)
+            };
+            let entry = ListenerEntry {
+                socket: SocketAddr::new(ip, key.port),
+                transport: if key.proto == PROTO_UDP {
+                    Transport::Udp
+                } else {
+                    Transport::Tcp
+                },
+                name: String::new(),
+                backends: Vec::new(),
+            };
+            written.insert(sort_key(&key), (value.id, entry));
+        }
+        Ok(ListenerTable { written })
+    }
+
     /// The entries currently in the map, with their ids.
     pub fn entries(&self) -> impl Iterator<Item = (u32, &ListenerEntry)> {
         self.written.values().map(|(id, e)| (*id, e))

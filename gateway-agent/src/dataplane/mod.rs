@@ -26,6 +26,9 @@ use crate::cli::AttachMode;
 /// The eBPF object built by build.rs (aya-build) for bpfel-unknown-none.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gateway-ebpf"));
 
+/// Where links left for the next agent are pinned, under `--bpffs`.
+const LINKS_DIR: &str = "links";
+
 /// Every map the agent pins, by its name in the object.
 const PINNED_MAPS: [&str; 10] = [
     map_names::LISTENERS,
@@ -63,6 +66,8 @@ pub struct Dataplane {
     listeners: listeners::ListenerTable,
     services: services::ServiceTable,
     logger: Option<tokio::task::JoinHandle<()>>,
+    /// Set by [`Dataplane::keep_running`]: nothing is detached or unpinned afterwards.
+    left_running: bool,
 }
 
 impl Dataplane {
@@ -71,11 +76,29 @@ impl Dataplane {
         raise_memlock_limit();
         bpffs::ensure_mounted(&opts.bpffs)?;
         let kernel_log_level = kernel_log_level();
-        let mut ebpf = EbpfLoader::new()
+        // Maps a previous agent left pinned (see --keep-on-exit) are reused as they are, so
+        // established flows, counters and the live rings carry over; missing ones are created
+        // and pinned.
+        let adopting = opts.bpffs.join(map_names::LISTENERS).exists();
+        let mut loader = EbpfLoader::new();
+        loader
             .override_global("AYA_LOG_LEVEL", &kernel_log_level, false)
-            .map_max_entries(map_names::FLOWS, opts.conntrack_size)
+            .map_max_entries(map_names::FLOWS, opts.conntrack_size);
+        for name in PINNED_MAPS {
+            loader.map_pin_path(name, opts.bpffs.join(name));
+        }
+        let mut ebpf = loader
             .load(EBPF_OBJECT)
             .context("loading the eBPF object")?;
+        let (listener_table, service_table) = if adopting {
+            tracing::info!(bpffs = %opts.bpffs.display(), "adopting the maps a previous agent left pinned");
+            (
+                listeners::ListenerTable::adopt(&mut ebpf)?,
+                services::ServiceTable::adopt(&mut ebpf)?,
+            )
+        } else {
+            Default::default()
+        };
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(logger) => Some(forward_kernel_logs(logger)?),
             Err(e) => {
@@ -93,27 +116,21 @@ impl Dataplane {
             cfg.set(0, gateway_common::nat::NatConfig { port_min, port_max }, 0)?;
         }
         ifaddrs::sync(&mut ebpf)?;
-        let attachments = attach::attach_all(&mut ebpf, &opts.interfaces, opts.attach)?;
-        for name in PINNED_MAPS {
-            let path = opts.bpffs.join(name);
-            // A pin left by an agent that did not stop cleanly: replace it with this object's map.
-            if path.exists() {
-                std::fs::remove_file(&path)
-                    .with_context(|| format!("removing stale pin {}", path.display()))?;
-            }
-            ebpf.map(name)
-                .with_context(|| format!("map {name} missing from the object"))?
-                .pin(&path)
-                .with_context(|| format!("pinning {name} at {}", path.display()))?;
-        }
+        let attachments = attach::attach_all(
+            &mut ebpf,
+            &opts.interfaces,
+            opts.attach,
+            &opts.bpffs.join(LINKS_DIR),
+        )?;
         tracing::info!(bpffs = %opts.bpffs.display(), maps = ?PINNED_MAPS, "maps pinned");
         Ok(Self {
             ebpf,
             attachments,
             bpffs: opts.bpffs.clone(),
-            listeners: listeners::ListenerTable::default(),
-            services: services::ServiceTable::default(),
+            listeners: listener_table,
+            services: service_table,
             logger,
+            left_running: false,
         })
     }
 
@@ -152,6 +169,9 @@ impl Dataplane {
 
     /// Detaches every program and removes the pins.
     pub fn shutdown(&mut self) {
+        if self.left_running {
+            return;
+        }
         for a in self.attachments.drain(..) {
             tracing::info!(interface = %a.interface, mode = %a.mode, "detaching");
             a.detach(&mut self.ebpf);
@@ -159,6 +179,21 @@ impl Dataplane {
         for name in PINNED_MAPS {
             let _ = std::fs::remove_file(self.bpffs.join(name));
         }
+        self.stop_logger();
+    }
+
+    /// Exits leaving the data plane running for the next agent: links pinned under
+    /// `--bpffs/links`, maps left pinned. Established flows keep flowing meanwhile.
+    pub fn keep_running(&mut self) {
+        let links_dir = self.bpffs.join(LINKS_DIR);
+        for a in self.attachments.drain(..) {
+            a.keep(&mut self.ebpf, &links_dir);
+        }
+        self.left_running = true;
+        self.stop_logger();
+    }
+
+    fn stop_logger(&mut self) {
         if let Some(logger) = self.logger.take() {
             logger.abort();
         }

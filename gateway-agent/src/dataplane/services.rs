@@ -39,6 +39,43 @@ pub struct ServiceTable {
 }
 
 impl ServiceTable {
+    /// The table as a previous agent left the maps: live ring slots stay untouched until the
+    /// next sync writes each service's other slot and flips to it, and the backend ids the live
+    /// rings use keep their `BACKENDS` entries until then.
+    pub fn adopt(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
+        let mut table = ServiceTable::default();
+        let services: HashMap<_, u32, ServiceValue> = HashMap::try_from(
+            ebpf.map_mut(map_names::SERVICES)
+                .context("SERVICES map missing")?,
+        )?;
+        for (listener, value) in services.iter().filter_map(Result::ok) {
+            table.by_listener.insert(
+                listener,
+                Installed {
+                    pair: value.ring_slot / 2,
+                    live: value.ring_slot % 2,
+                    backends: Vec::new(),
+                },
+            );
+        }
+        let backends: Array<_, BackendValue> = Array::try_from(
+            ebpf.map_mut(map_names::BACKENDS)
+                .context("BACKENDS map missing")?,
+        )?;
+        for id in 0..MAX_BACKENDS {
+            let Ok(b) = backends.get(&id, 0) else {
+                continue;
+            };
+            let ip = match b.family {
+                FAMILY_V4 => IpAddr::from([b.addr[0], b.addr[1], b.addr[2], b.addr[3]]),
+                FAMILY_V6 => IpAddr::from(b.addr),
+                _ => continue,
+            };
+            table.backend_ids.insert(SocketAddr::new(ip, b.port), id);
+        }
+        Ok(table)
+    }
+
     /// Makes the maps serve `wanted`: listener id → weighted backends (empty: no service).
     pub fn sync(
         &mut self,
