@@ -471,3 +471,53 @@ fn established_connections_survive_an_agent_restart() {
         "without --keep-on-exit the pins are removed"
     );
 }
+
+/// An ICMP error about a NATed flow (here: port unreachable from a backend with nothing
+/// listening) is translated back, so the client's socket sees "connection refused".
+#[test]
+fn icmp_errors_are_translated_back_to_the_client() {
+    let topo = Topology::create("icmp", 3).expect("topology");
+    let bpffs = TempBpffs::mount("icmp").unwrap();
+    let yaml = format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: nodegate}}
+spec: {{controllerName: nodegate.io/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: edge, namespace: default}}
+spec:
+  gatewayClassName: nodegate
+  addresses: [{{type: IPAddress, value: 10.90.1.1}}]
+  listeners: [{{name: udp, protocol: UDP, port: 5400}}]
+{}
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: UDPRoute
+metadata: {{name: nobody, namespace: default}}
+spec:
+  parentRefs: [{{name: edge}}]
+  rules: [{{backendRefs: [{{name: nobody, port: 5400}}]}}]
+",
+        service("nobody", &[backend_v4(2)], 5400, "UDP")
+    );
+    let dir = ConfigDir::new("icmp", &[("all.yaml", &yaml)]).unwrap();
+    let _agent = Agent::start(&topo, &bpffs, dir.path(), "xdp").expect("agent");
+    let err = topo
+        .client
+        .run(|| {
+            let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+            s.connect(SocketAddr::new(GATEWAY_V4.into(), 5400)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            s.send(b"anyone?").unwrap();
+            let mut buf = [0u8; 64];
+            s.recv(&mut buf).unwrap_err()
+        })
+        .unwrap();
+    assert_eq!(
+        err.kind(),
+        std::io::ErrorKind::ConnectionRefused,
+        "got {err:?}"
+    );
+}

@@ -138,6 +138,9 @@ pub fn handle<C: EbpfContext>(
     ifindex: u32,
     len: u64,
 ) -> Forward {
+    if p.proto == crate::parse::PROTO_ICMP {
+        return handle_icmp_v4(ctx, data, data_end, p, ifindex);
+    }
     if p.proto != PROTO_TCP && p.proto != PROTO_UDP {
         return Forward::Pass;
     }
@@ -414,4 +417,142 @@ fn fib<C: EbpfContext>(
         return None;
     }
     Some((params.ifindex, params.smac, params.dmac))
+}
+
+/// ICMP types that carry the offending packet and are translated back to the client:
+/// destination unreachable (port unreachable, fragmentation needed, ...), time exceeded,
+/// parameter problem.
+const ICMP_ERRORS: [u8; 3] = [3, 11, 12];
+
+/// Translates an ICMPv4 error a backend (or a router towards it) sent about a NATed flow back to
+/// the client: the outer packet goes from the service address to the client, and the packet it
+/// quotes is rewritten to the client's own view (client → service), with the ICMP and quoted IP
+/// checksums updated.
+#[inline(always)]
+fn handle_icmp_v4<C: EbpfContext>(
+    ctx: &C,
+    data: usize,
+    data_end: usize,
+    p: &Packet,
+    ifindex: u32,
+) -> Forward {
+    let icmp = data + p.l4_off;
+    let inner = icmp + 8;
+    let inner_l4 = inner + 20;
+    let ip = data + p.l3_off;
+    if ip + 20 > data_end || inner_l4 + 8 > data_end {
+        return Forward::Pass;
+    }
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return Forward::Pass;
+    };
+    let s = unsafe { &mut *scratch };
+    unsafe {
+        let ty = *(icmp as *const u8);
+        if !ICMP_ERRORS.contains(&ty) {
+            return Forward::Pass;
+        }
+        // Quoted IPv4 header without options, quoting TCP or UDP.
+        let vihl = *(inner as *const u8);
+        let proto = *((inner + 9) as *const u8);
+        if vihl != 0x45 || (proto != PROTO_TCP && proto != PROTO_UDP) {
+            return Forward::Pass;
+        }
+        let q_src = *((inner + 12) as *const [u8; 4]);
+        let q_dst = *((inner + 16) as *const [u8; 4]);
+        let q_sport = u16::from_be_bytes(*(inner_l4 as *const [u8; 2]));
+        let q_dport = u16::from_be_bytes(*((inner_l4 + 2) as *const [u8; 2]));
+        // The quoted packet is one the gateway sent (SNAT address → backend); the flow's reply
+        // entry is keyed backend → SNAT address.
+        s.key = FlowKey {
+            src: [0; 16],
+            dst: [0; 16],
+            sport: q_dport,
+            dport: q_sport,
+            proto,
+            family: FAMILY_V4,
+            _pad: [0; 2],
+        };
+        s.key.src[..4].copy_from_slice(&q_dst);
+        s.key.dst[..4].copy_from_slice(&q_src);
+        let Some(reply) = FLOWS.get_ptr(&s.key) else {
+            return Forward::Pass;
+        };
+        // reply: new_src = service address, new_dst = client, new_sport = service port,
+        // new_dport = client port.
+        let nat = &*reply;
+        let Some((egress, smac, dmac)) = fib(
+            ctx,
+            ifindex,
+            FAMILY_V4,
+            &nat.new_src,
+            &nat.new_dst,
+            &mut s.fib,
+        ) else {
+            return Forward::Pass;
+        };
+        let client = [
+            nat.new_dst[0],
+            nat.new_dst[1],
+            nat.new_dst[2],
+            nat.new_dst[3],
+        ];
+        let service = [
+            nat.new_src[0],
+            nat.new_src[1],
+            nat.new_src[2],
+            nat.new_src[3],
+        ];
+
+        // Quoted packet: client → service, as the client sent it.
+        let icmp_check_ptr = (icmp + 2) as *mut [u8; 2];
+        let mut icmp_check = u16::from_be_bytes(*icmp_check_ptr);
+        let q_check_ptr = (inner + 10) as *mut [u8; 2];
+        let old_q_check = u16::from_be_bytes(*q_check_ptr);
+        let mut q_check = old_q_check;
+        let mut q_src16 = [0u8; 16];
+        q_src16[..4].copy_from_slice(&q_src);
+        let mut q_dst16 = [0u8; 16];
+        q_dst16[..4].copy_from_slice(&q_dst);
+        q_check = csum_replace_addr(q_check, &q_src16, &nat.new_dst, 4);
+        q_check = csum_replace_addr(q_check, &q_dst16, &nat.new_src, 4);
+        icmp_check = csum_replace_addr(icmp_check, &q_src16, &nat.new_dst, 4);
+        icmp_check = csum_replace_addr(icmp_check, &q_dst16, &nat.new_src, 4);
+        icmp_check = csum_replace2(icmp_check, old_q_check, q_check);
+        icmp_check = csum_replace2(icmp_check, q_sport, nat.new_dport);
+        icmp_check = csum_replace2(icmp_check, q_dport, nat.new_sport);
+        *((inner + 12) as *mut [u8; 4]) = client;
+        *((inner + 16) as *mut [u8; 4]) = service;
+        *q_check_ptr = q_check.to_be_bytes();
+        *(inner_l4 as *mut [u8; 2]) = nat.new_dport.to_be_bytes();
+        *((inner_l4 + 2) as *mut [u8; 2]) = nat.new_sport.to_be_bytes();
+        *icmp_check_ptr = icmp_check.to_be_bytes();
+
+        // Outer header: service → client, TTL decremented.
+        let ip_check_ptr = (ip + IP_CSUM_OFF) as *mut [u8; 2];
+        let mut ip_check = u16::from_be_bytes(*ip_check_ptr);
+        ip_check = csum_replace_addr(ip_check, &p.src, &nat.new_src, 4);
+        ip_check = csum_replace_addr(ip_check, &p.dst, &nat.new_dst, 4);
+        let ttl_ptr = (ip + TTL_OFF) as *mut [u8; 2];
+        let ttl_proto = *ttl_ptr;
+        if ttl_proto[0] <= 1 {
+            return Forward::Pass;
+        }
+        let new_ttl_proto = [ttl_proto[0] - 1, ttl_proto[1]];
+        ip_check = csum_replace2(
+            ip_check,
+            u16::from_be_bytes(ttl_proto),
+            u16::from_be_bytes(new_ttl_proto),
+        );
+        *ttl_ptr = new_ttl_proto;
+        *((ip + IP_SRC_OFF) as *mut [u8; 4]) = service;
+        *((ip + IP_DST_OFF) as *mut [u8; 4]) = client;
+        *ip_check_ptr = ip_check.to_be_bytes();
+        if data + 12 > data_end {
+            return Forward::Pass;
+        }
+        *(data as *mut [u8; 6]) = dmac;
+        *((data + 6) as *mut [u8; 6]) = smac;
+        Forward::Redirect(egress)
+    }
 }

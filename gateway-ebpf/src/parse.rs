@@ -4,6 +4,9 @@
 use core::mem;
 
 use gateway_common::listener::{FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
+
+/// IANA protocol number of ICMP.
+pub const PROTO_ICMP: u8 = 1;
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -139,6 +142,8 @@ pub fn parse(data: usize, data_end: usize) -> Result<Option<Packet>, ParseError>
             packet.sport = u16::from_be_bytes(udp.src);
             packet.dport = u16::from_be_bytes(udp.dst);
         }
+        // ICMP errors about NATed flows are translated (nat::handle_icmp_v4); ports stay 0.
+        PROTO_ICMP if packet.family == FAMILY_V4 => {}
         _ => return Ok(None),
     }
     Ok(Some(packet))
