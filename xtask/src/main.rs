@@ -1,5 +1,6 @@
 //! `cargo xtask`: nodegate's build, run, test, demo and set-up tasks.
 
+mod bench;
 mod demo;
 mod packages;
 #[allow(
@@ -49,6 +50,8 @@ enum Task {
     /// The main job on the embedded default: a client/gateway/backend netns topology, the agent on
     /// examples/standalone, real traffic, a report, and a full teardown (needs root).
     Demo(demo::DemoArgs),
+    /// Benchmarks (not tests): L4 paths side by side in one topology, and the model compile.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -78,6 +81,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Task::Test { args } => test(&args),
         Task::Demo(args) => demo::run(&args),
+        Task::Bench(args) => bench::run(&args),
     }
 }
 
