@@ -165,12 +165,14 @@ fn l4(args: &BenchArgs) -> anyhow::Result<Vec<(String, Figures)>> {
         .stderr(Stdio::null())
         .spawn()?;
     std::thread::sleep(Duration::from_millis(500));
-    let mut f = Figures::default();
-    f.tcp_cps = Some(tcp_cps(
-        &topo,
-        SocketAddr::new(GATEWAY_V4.into(), HAPROXY_PORT),
-        window,
-    )?);
+    let f = Figures {
+        tcp_cps: Some(tcp_cps(
+            &topo,
+            SocketAddr::new(GATEWAY_V4.into(), HAPROXY_PORT),
+            window,
+        )?),
+        ..Figures::default()
+    };
     results.push(("haproxy (TCP mode)".into(), f));
     let _ = haproxy.kill();
     let _ = haproxy.wait();
