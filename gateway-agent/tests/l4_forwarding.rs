@@ -521,3 +521,97 @@ spec:
         "got {err:?}"
     );
 }
+
+/// Maglev end to end: adding a fourth endpoint moves only about a quarter of the flows.
+#[test]
+fn adding_an_endpoint_moves_about_one_nth_of_flows() {
+    let topo = Topology::create("mv", 4).expect("topology");
+    let names = ["e0", "e1", "e2", "e3"];
+    for (i, name) in names.iter().enumerate() {
+        testbed::udp_echo_server(
+            &topo.backend,
+            SocketAddr::new(backend_v4(i as u8).into(), 5353),
+            name,
+        )
+        .unwrap();
+    }
+    let yaml = |n: u8| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: nodegate}}
+spec: {{controllerName: nodegate.io/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: edge, namespace: default}}
+spec:
+  gatewayClassName: nodegate
+  addresses: [{{type: IPAddress, value: 10.90.1.1}}]
+  listeners: [{{name: dns, protocol: UDP, port: 5353}}]
+{}
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: UDPRoute
+metadata: {{name: dns, namespace: default}}
+spec:
+  parentRefs: [{{name: edge}}]
+  rules: [{{backendRefs: [{{name: dns, port: 5353}}]}}]
+",
+            service(
+                "dns",
+                &(0..n).map(backend_v4).collect::<Vec<_>>(),
+                5353,
+                "UDP"
+            )
+        )
+    };
+    let bpffs = TempBpffs::mount("mv").unwrap();
+    let dir = ConfigDir::new("mv", &[("all.yaml", &yaml(3))]).unwrap();
+    let agent = Agent::start_with(
+        &topo,
+        &bpffs,
+        dir.path(),
+        "xdp",
+        &["--udp-idle-timeout", "1s", "--aging-interval", "300ms"],
+    )
+    .expect("agent");
+    let vip = SocketAddr::new(GATEWAY_V4.into(), 5353);
+    // 300 flows, each from its own fixed source port, so the same 5-tuples can be sent again.
+    let sample = move || {
+        let mut out = Vec::new();
+        for i in 0..300u16 {
+            let s = std::net::UdpSocket::bind(("0.0.0.0", 30000 + i)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            s.send_to(b"?", vip).unwrap();
+            let mut buf = [0u8; 16];
+            let n = s.recv(&mut buf).unwrap();
+            out.push(
+                String::from_utf8_lossy(&buf[..n])
+                    .split(':')
+                    .next()
+                    .unwrap()
+                    .to_string(),
+            );
+        }
+        out
+    };
+    let before = topo.client.run(sample).unwrap();
+    assert!(before.iter().all(|b| b != "e3"), "e3 is not a backend yet");
+    std::fs::write(dir.path().join("all.yaml"), yaml(4)).unwrap();
+    testbed::wait_for(Duration::from_secs(10), "the fourth endpoint", || {
+        let (_, body) = agent.get("/debug/model").ok()?;
+        body.contains("10.90.2.5:5353").then_some(())
+    })
+    .unwrap();
+    // Let the old flows age out, so the same 5-tuples choose again through the new ring.
+    std::thread::sleep(Duration::from_secs(3));
+    let after = topo.client.run(sample).unwrap();
+    let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count();
+    let to_new = after.iter().filter(|b| *b == "e3").count();
+    assert!(to_new > 30, "the new endpoint takes a share ({to_new}/300)");
+    assert!(
+        moved <= 300 * 35 / 100,
+        "only ~1/4 of flows moved ({moved}/300)"
+    );
+}
