@@ -853,3 +853,108 @@ spec:
     let (_, body) = agent.get("/debug/status").unwrap();
     assert!(body.contains("\"generation\""), "{body}");
 }
+
+/// A backend that switches protocols to a byte echo on `Upgrade: echo`.
+fn upgrade_backend() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            listener.set_nonblocking(true).unwrap();
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(
+                        |mut req: hyper::Request<hyper::body::Incoming>| async move {
+                            let on_upgrade = hyper::upgrade::on(&mut req);
+                            tokio::spawn(async move {
+                                if let Ok(up) = on_upgrade.await {
+                                    let mut io = hyper_util::rt::TokioIo::new(up);
+                                    let (mut r, mut w) = tokio::io::split(&mut io);
+                                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                                }
+                            });
+                            let mut resp =
+                                hyper::Response::new(http_body_util::Empty::<bytes::Bytes>::new());
+                            *resp.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
+                            resp.headers_mut()
+                                .insert("upgrade", "echo".parse().unwrap());
+                            resp.headers_mut()
+                                .insert("connection", "upgrade".parse().unwrap());
+                            Ok::<_, std::convert::Infallible>(resp)
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+    });
+    port
+}
+
+#[test]
+fn upgrades_are_tunnelled() {
+    testbed::require_root("the L7 end-to-end test (the agent loads its BPF object)").unwrap();
+    let backend = upgrade_backend();
+    let http_port = free_port();
+    let yaml = format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: nodegate}}
+spec: {{controllerName: nodegate.io/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: default}}
+spec:
+  gatewayClassName: nodegate
+  listeners: [{{name: http, protocol: HTTP, port: {http_port}}}]
+{}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: ws, namespace: default}}
+spec:
+  parentRefs: [{{name: gw}}]
+  rules: [{{backendRefs: [{{name: ws, port: 80}}]}}]
+",
+        service("ws", &[backend])
+    );
+    let dir = ConfigDir::new("upgrade", &[("all.yaml", &yaml)]).unwrap();
+    let bpffs = TempBpffs::mount("upgrade").unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let _agent = Agent::start_local(&bpffs, dir.path(), admin).expect("agent starts");
+
+    let mut s = TcpStream::connect(("127.0.0.1", http_port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(
+        head.starts_with("http/1.1 101"),
+        "switching protocols: {head}"
+    );
+    assert!(head.contains("upgrade: echo"), "{head}");
+    for msg in [&b"hello"[..], b"through the tunnel"] {
+        s.write_all(msg).unwrap();
+        let mut back = vec![0u8; msg.len()];
+        s.read_exact(&mut back).unwrap();
+        assert_eq!(back, msg, "bytes echoed through the upgraded connection");
+    }
+}

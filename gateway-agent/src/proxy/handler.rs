@@ -260,7 +260,23 @@ async fn serve_rule(
     } else {
         format!("{new_path}?{query}")
     };
+    // Upgrades (WebSocket and others): keep the Upgrade/Connection pair for the backend and take
+    // the client side of the upgrade before the request is forwarded.
+    let upgrade = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .filter(|_| req.version() == http::Version::HTTP_11);
+    let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     filters::strip_hop_by_hop(req.headers_mut());
+    if let Some(proto) = &upgrade
+        && let Ok(v) = HeaderValue::try_from(proto.as_str())
+    {
+        req.headers_mut().insert(header::UPGRADE, v);
+        req.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
     filters::set_forwarded(req.headers_mut(), peer, host, https);
     if let Some(h) = new_host
         && let Ok(v) = HeaderValue::try_from(h)
@@ -361,6 +377,12 @@ async fn serve_rule(
                 if !last && retryable_codes.contains(&resp.status().as_u16()) {
                     continue;
                 }
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    if let Some(client) = client_upgrade {
+                        tunnel(client, hyper::upgrade::on(&mut resp));
+                    }
+                    return resp;
+                }
                 filters::strip_hop_by_hop(resp.headers_mut());
                 for m in &response_mods {
                     filters::modify_headers(resp.headers_mut(), m);
@@ -387,6 +409,18 @@ async fn serve_rule(
         }
     }
     outcome
+}
+
+/// Once both sides have switched protocols, copies bytes between them until either closes.
+fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    tokio::spawn(async move {
+        let (Ok(client), Ok(upstream)) = (client.await, upstream.await) else {
+            return;
+        };
+        let mut client = hyper_util::rt::TokioIo::new(client);
+        let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    });
 }
 
 /// Bodies up to this size are buffered when a request may be replayed (mirrors, retries).
