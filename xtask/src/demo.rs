@@ -34,6 +34,8 @@ const ADMIN: &str = "127.0.0.1:9901";
 
 /// The agent's pid, for the Ctrl-C handler.
 static AGENT_PID: AtomicU32 = AtomicU32::new(0);
+/// Helper processes (TLS backends), for the Ctrl-C handler.
+static HELPERS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 /// The topology's namespace prefix, for the Ctrl-C handler.
 static PREFIX: Mutex<String> = Mutex::new(String::new());
 
@@ -51,6 +53,11 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         let pid = AGENT_PID.load(Ordering::SeqCst);
         if pid != 0 {
             kill_agent(pid);
+        }
+        if let Ok(helpers) = HELPERS.lock() {
+            for pid in helpers.iter() {
+                kill_agent(*pid);
+            }
         }
         if let Ok(prefix) = PREFIX.lock()
             && !prefix.is_empty()
@@ -71,13 +78,15 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     testbed::tcp_echo_server(&topo.backend, "10.90.2.2:9000".parse()?, "echo-a")?;
     testbed::tcp_echo_server(&topo.backend, "10.90.2.3:9000".parse()?, "echo-b")?;
     testbed::udp_echo_server(&topo.backend, "10.90.2.2:5353".parse()?, "dns")?;
+    // TLS backends for the passthrough listener, each with its own certificate.
+    let tls = TlsBackends::start(&topo)?;
     println!(
         "== topology: client {} — gateway {} ({}) — backends in {}",
         topo.client.name, topo.gateway.name, GATEWAY_CLIENT_IFACE, topo.backend.name
     );
 
     let mut agent = Agent::start(&topo, &agent_bin, &config_dir, bpffs.path(), args)?;
-    let result = drive(&topo, bpffs.path());
+    let result = drive(&topo, bpffs.path()).and_then(|()| tls.check(&topo));
     let stopped = agent.stop();
     let detached = check_detached();
     result.and(stopped).and(detached)?;
@@ -246,6 +255,135 @@ fn send_traffic() -> anyhow::Result<Vec<String>> {
         }
     }
     Ok(report)
+}
+
+/// `openssl s_server` backends in the backend namespace (a.example.com on 10.90.2.2:8443,
+/// b.example.com on 10.90.2.3:8443), killed on drop.
+struct TlsBackends {
+    dir: std::path::PathBuf,
+    children: Vec<Child>,
+}
+
+impl TlsBackends {
+    fn start(topo: &Topology) -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("nodegate-demo-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let mut backends = TlsBackends {
+            dir,
+            children: Vec::new(),
+        };
+        for (name, addr) in [
+            ("a.example.com", "10.90.2.2:8443"),
+            ("b.example.com", "10.90.2.3:8443"),
+        ] {
+            let (cert, key) = (
+                backends.dir.join(format!("{name}.crt")),
+                backends.dir.join(format!("{name}.key")),
+            );
+            let status = Command::new("openssl")
+                .args([
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "ec",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1",
+                    "-nodes",
+                    "-days",
+                    "1",
+                ])
+                .args([
+                    "-subj",
+                    &format!("/CN={name}"),
+                    "-addext",
+                    &format!("subjectAltName=DNS:{name}"),
+                ])
+                .arg("-keyout")
+                .arg(&key)
+                .arg("-out")
+                .arg(&cert)
+                .stderr(Stdio::null())
+                .status()
+                .context("running openssl")?;
+            if !status.success() {
+                bail!("openssl could not make a certificate for {name}");
+            }
+            let child = topo
+                .backend
+                .command("openssl")
+                .args(["s_server", "-accept", addr, "-www", "-quiet", "-cert"])
+                .arg(&cert)
+                .arg("-key")
+                .arg(&key)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting openssl s_server")?;
+            if let Ok(mut h) = HELPERS.lock() {
+                h.push(child.id());
+            }
+            backends.children.push(child);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(backends)
+    }
+
+    /// Connects through the passthrough listener with each SNI and checks that the client
+    /// verifies that backend's own certificate.
+    fn check(&self, topo: &Topology) -> anyhow::Result<()> {
+        println!("== TLSRoute passthrough on {GATEWAY_V4}:443 (backends terminate TLS themselves)");
+        for name in ["a.example.com", "b.example.com"] {
+            let ca = self.dir.join(format!("{name}.crt"));
+            let out = topo
+                .client
+                .command("openssl")
+                .args([
+                    "s_client",
+                    "-connect",
+                    &format!("{GATEWAY_V4}:443"),
+                    "-servername",
+                    name,
+                    "-verify_hostname",
+                    name,
+                ])
+                .arg("-CAfile")
+                .arg(&ca)
+                .args(["-verify_return_error", "-brief"])
+                .stdin(Stdio::null())
+                .output()
+                .context("running openssl s_client")?;
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let verified = text.contains("Verification: OK");
+            let peer = text
+                .lines()
+                .find(|l| l.contains("Peer certificate"))
+                .unwrap_or("")
+                .trim()
+                .to_string();
+            println!(
+                "   SNI {name}: {peer}; verified against {name}'s own certificate: {verified}"
+            );
+            if !verified {
+                bail!("TLS passthrough for {name} failed:\n{text}");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for TlsBackends {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// The agent process inside the gateway namespace.

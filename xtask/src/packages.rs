@@ -13,6 +13,7 @@ pub const TEST_TOOLS: &[Tool] = &[
     ("ethtool", "ethtool"),
     ("bpftool", "bpftool"),
     ("mount", "mount"),
+    ("openssl", "openssl"),
 ];
 
 fn on_path(binary: &str) -> bool {
