@@ -676,3 +676,135 @@ pub fn udp_request(addr: std::net::SocketAddr, payload: &[u8]) -> anyhow::Result
     let (n, _) = sock.recv_from(&mut buf)?;
     Ok(buf[..n].to_vec())
 }
+
+/// A minimal gRPC peer over h2c prior knowledge (hyper's HTTP/2), for the tests and the demo:
+/// unary calls, length-prefixed messages, `grpc-status` trailers.
+pub mod grpc {
+    /// A response body of one gRPC message followed by `grpc-status: 0` trailers.
+    pub struct GrpcBody {
+        frames: std::collections::VecDeque<hyper::body::Frame<bytes::Bytes>>,
+    }
+
+    impl hyper::body::Body for GrpcBody {
+        type Data = bytes::Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>>
+        {
+            std::task::Poll::Ready(self.frames.pop_front().map(Ok))
+        }
+    }
+
+    /// A length-prefixed gRPC message.
+    pub fn message(payload: &[u8]) -> bytes::Bytes {
+        let mut m = vec![0u8];
+        m.extend((payload.len() as u32).to_be_bytes());
+        m.extend(payload);
+        m.into()
+    }
+
+    /// An h2c gRPC backend (in the current thread's namespace) answering every call with `<name> <path>` and grpc-status 0.
+    pub fn backend_on(addr: std::net::SocketAddr, name: &'static str) -> u16 {
+        let listener = std::net::TcpListener::bind(addr).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                listener.set_nonblocking(true).unwrap();
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    tokio::spawn(async move {
+                        let svc = hyper::service::service_fn(
+                            move |req: hyper::Request<hyper::body::Incoming>| async move {
+                                let path = req.uri().path().to_string();
+                                let _ = http_body_util::BodyExt::collect(req.into_body()).await;
+                                let mut trailers = hyper::HeaderMap::new();
+                                trailers.insert("grpc-status", "0".parse().unwrap());
+                                let body = GrpcBody {
+                                    frames: [
+                                        hyper::body::Frame::data(message(
+                                            format!("{name} {path}").as_bytes(),
+                                        )),
+                                        hyper::body::Frame::trailers(trailers),
+                                    ]
+                                    .into(),
+                                };
+                                let mut resp = hyper::Response::new(body);
+                                resp.headers_mut()
+                                    .insert("content-type", "application/grpc".parse().unwrap());
+                                Ok::<_, std::convert::Infallible>(resp)
+                            },
+                        );
+                        let _ = hyper::server::conn::http2::Builder::new(
+                            hyper_util::rt::TokioExecutor::new(),
+                        )
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                    });
+                }
+            });
+        });
+        port
+    }
+
+    /// One unary gRPC call over h2c prior knowledge: (grpc-status, message payload).
+    pub fn call_addr(addr: std::net::SocketAddr, path: &str) -> (Option<String>, String) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let path = path.to_string();
+        rt.block_on(async move {
+            let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (mut send, conn) = hyper::client::conn::http2::handshake(
+                hyper_util::rt::TokioExecutor::new(),
+                hyper_util::rt::TokioIo::new(stream),
+            )
+            .await
+            .unwrap();
+            tokio::spawn(conn);
+            let req = hyper::Request::post(format!("http://grpc.example.com{path}"))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(http_body_util::Full::new(message(b"hi")))
+                .unwrap();
+            let resp = send.send_request(req).await.unwrap();
+            let header_status = resp
+                .headers()
+                .get("grpc-status")
+                .map(|v| v.to_str().unwrap().to_string());
+            let collected = http_body_util::BodyExt::collect(resp.into_body())
+                .await
+                .unwrap();
+            let trailer_status = collected
+                .trailers()
+                .and_then(|t| t.get("grpc-status"))
+                .map(|v| v.to_str().unwrap().to_string());
+            let data = collected.to_bytes();
+            let payload = if data.len() > 5 {
+                String::from_utf8_lossy(&data[5..]).to_string()
+            } else {
+                String::new()
+            };
+            (trailer_status.or(header_status), payload)
+        })
+    }
+
+    /// [`backend_on`] on 127.0.0.1 with an ephemeral port.
+    pub fn backend(name: &'static str) -> u16 {
+        backend_on("127.0.0.1:0".parse().unwrap(), name)
+    }
+
+    /// [`call_addr`] to 127.0.0.1:`port`.
+    pub fn call(port: u16, path: &str) -> (Option<String>, String) {
+        call_addr(std::net::SocketAddr::from(([127, 0, 0, 1], port)), path)
+    }
+}

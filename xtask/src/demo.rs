@@ -78,6 +78,11 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     testbed::tcp_echo_server(&topo.backend, "10.90.2.2:9000".parse()?, "echo-a")?;
     testbed::tcp_echo_server(&topo.backend, "10.90.2.3:9000".parse()?, "echo-b")?;
     testbed::udp_echo_server(&topo.backend, "10.90.2.2:5353".parse()?, "dns")?;
+    // gRPC (h2c) backends of the GRPCRoute.
+    topo.backend
+        .run(|| testbed::grpc::backend_on("10.90.2.2:50051".parse().unwrap(), "echo"))?;
+    topo.backend
+        .run(|| testbed::grpc::backend_on("10.90.2.3:50051".parse().unwrap(), "health"))?;
     // TLS backends for the passthrough listener, each with its own certificate.
     let tls = TlsBackends::start(&topo)?;
     println!(
@@ -140,7 +145,38 @@ fn drive(topo: &Topology, bpffs: &std::path::Path) -> anyhow::Result<()> {
         bail!("no listener counter rose while traffic flowed");
     }
     l4_section(topo)?;
-    http_section(topo)
+    http_section(topo)?;
+    grpc_section(topo)
+}
+
+/// GRPCRoute traffic: two services on two backends, over h2c.
+fn grpc_section(topo: &Topology) -> anyhow::Result<()> {
+    println!("== GRPCRoute default/grpc on {GATEWAY_V4}:50051 (h2c)");
+    let gw = SocketAddr::new(GATEWAY_V4.into(), 50051);
+    for path in [
+        "/echo.Echo/Say",
+        "/grpc.health.v1.Health/Check",
+        "/grpc.health.v1.Health/Watch",
+    ] {
+        let (status, reply) = topo
+            .client
+            .run(move || testbed::grpc::call_addr(gw, path))?;
+        println!(
+            "   {path} -> grpc-status {} {reply:?}",
+            status.as_deref().unwrap_or("-")
+        );
+        let expected = match path {
+            "/echo.Echo/Say" => status.as_deref() == Some("0") && reply.starts_with("echo "),
+            "/grpc.health.v1.Health/Check" => {
+                status.as_deref() == Some("0") && reply.starts_with("health ")
+            }
+            _ => status.as_deref() == Some("12"),
+        };
+        if !expected {
+            bail!("gRPC routing did not behave as configured for {path}");
+        }
+    }
+    Ok(())
 }
 
 /// TCPRoute and UDPRoute traffic forwarded by the kernel program.
