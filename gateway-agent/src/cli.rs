@@ -84,6 +84,9 @@ pub struct RunArgs {
     /// Closed TCP flows (RST, or FIN both ways) leave the connection table after this.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub tcp_closed_timeout: std::time::Duration,
+    /// TLS passthrough relay: in the kernel (sockmap) or by copying in userspace.
+    #[arg(long, value_enum, default_value = "sockmap")]
+    pub passthrough_splice: SpliceMode,
     /// On exit, leave the kernel programs attached and the maps pinned for the next agent (which
     /// adopts them), so a restart or upgrade does not reset established L4 connections. Without
     /// it the agent detaches everything and removes its pins.
@@ -112,6 +115,15 @@ fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
         return Err("the range must be non-empty and start above 0".into());
     }
     Ok((a, b))
+}
+
+/// How TLS passthrough moves bytes once a backend is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SpliceMode {
+    /// In the kernel: both sockets in a sockhash, an SK_SKB verdict program redirects.
+    Sockmap,
+    /// A userspace copy loop.
+    Userspace,
 }
 
 /// Output format of `check`.

@@ -121,7 +121,17 @@ async fn run(args: cli::RunArgs) -> anyhow::Result<()> {
     for e in proxy.apply(first.model.clone()).await {
         tracing::error!(error = %format!("{e:#}"), "L7 listener not serving");
     }
-    let passthrough = Arc::new(passthrough::Passthrough::new());
+    let splicer = match args.passthrough_splice {
+        cli::SpliceMode::Sockmap => match dataplane.lock().await.splicer() {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "sockmap splice unavailable; TLS passthrough relays in userspace");
+                None
+            }
+        },
+        cli::SpliceMode::Userspace => None,
+    };
+    let passthrough = Arc::new(passthrough::Passthrough::new(splicer));
     for e in passthrough.apply(first.model.clone()).await {
         tracing::error!(error = %format!("{e:#}"), "TLS passthrough listener not serving");
     }

@@ -4,8 +4,9 @@
 //! sees the backend's own certificate. No SNI, an unknown SNI, a malformed or oversized hello, or
 //! a client that stalls: the connection is closed.
 //!
-//! This is the userspace copy mode (`--passthrough-splice=userspace`); the in-kernel sockmap
-//! splice is not implemented yet.
+//! Two relay modes: `sockmap` (default) puts both sockets into the kernel's `SPLICE_SOCKS`
+//! sockhash, where an SK_SKB verdict program moves every byte after the ClientHello from one to
+//! the other without it reaching userspace; `userspace` copies with `copy_bidirectional`.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -14,22 +15,35 @@ use gateway_model::{Model, model::WeightedEndpoint};
 use gateway_passthrough::sni::{DEFAULT_MAX_HELLO, HelloError, parse_client_hello};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::sockets::SocketSet;
+use crate::{dataplane::Splicer, sockets::SocketSet};
 
 /// How long a client has to send its whole ClientHello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What every connection task shares.
+struct Shared {
+    model: ArcSwap<Model>,
+    /// The in-kernel splice; None in userspace mode.
+    splicer: Option<Splicer>,
+    /// TLSRoute name → index of its splice counters.
+    route_ids: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+}
+
 /// The passthrough acceptor.
 pub struct Passthrough {
-    model: Arc<ArcSwap<Model>>,
+    shared: Arc<Shared>,
     sockets: SocketSet,
 }
 
 impl Passthrough {
-    /// Serving nothing yet.
-    pub fn new() -> Self {
+    /// Serving nothing yet; `splicer` selects the in-kernel relay.
+    pub fn new(splicer: Option<Splicer>) -> Self {
         Passthrough {
-            model: Arc::new(ArcSwap::from_pointee(Model::default())),
+            shared: Arc::new(Shared {
+                model: ArcSwap::from_pointee(Model::default()),
+                splicer,
+                route_ids: std::sync::Mutex::new(std::collections::HashMap::new()),
+            }),
             sockets: SocketSet::new("TLS passthrough"),
         }
     }
@@ -37,8 +51,8 @@ impl Passthrough {
     /// Serves the passthrough listeners of `model`.
     pub async fn apply(&self, model: Arc<Model>) -> Vec<anyhow::Error> {
         let wanted: Vec<SocketAddr> = model.passthrough.iter().map(|l| l.address).collect();
-        self.model.store(model);
-        let shared = self.model.clone();
+        self.shared.model.store(model);
+        let shared = self.shared.clone();
         self.sockets
             .reconcile(&wanted, |listener, addr| {
                 tokio::spawn(accept_loop(listener, addr, shared.clone()))
@@ -52,7 +66,7 @@ impl Passthrough {
     }
 }
 
-async fn accept_loop(listener: TcpListener, addr: SocketAddr, model: Arc<ArcSwap<Model>>) {
+async fn accept_loop(listener: TcpListener, addr: SocketAddr, shared: Arc<Shared>) {
     loop {
         let (client, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -62,14 +76,40 @@ async fn accept_loop(listener: TcpListener, addr: SocketAddr, model: Arc<ArcSwap
                 continue;
             }
         };
-        let model = model.clone();
+        let shared = shared.clone();
         tokio::spawn(async move {
-            match steer(&client, addr, &model).await {
-                Ok((sni, backend)) => relay(client, peer, &sni, backend).await,
+            match steer(&client, addr, &shared.model).await {
+                Ok(steered) => match &shared.splicer {
+                    Some(splicer) => {
+                        let route = route_id(&shared, &steered.route);
+                        relay_spliced(splicer, client, peer, steered, route).await
+                    }
+                    None => relay(client, peer, &steered.sni, steered.backend).await,
+                },
                 Err(why) => tracing::debug!(%peer, %addr, "passthrough connection refused: {why}"),
             }
         });
     }
+}
+
+/// Where a connection goes.
+struct Steered {
+    sni: String,
+    backend: SocketAddr,
+    /// Bytes of the ClientHello records, still unread in the client socket.
+    hello_len: usize,
+    /// `namespace/name` of the TLSRoute.
+    route: String,
+}
+
+/// A small dense id per TLSRoute for the splice counters.
+fn route_id(shared: &Shared, route: &str) -> u32 {
+    let Ok(mut ids) = shared.route_ids.lock() else {
+        return 0;
+    };
+    let next = ids.len() as u32;
+    *ids.entry(route.to_string())
+        .or_insert(next.min(gateway_common::listener::MAX_LISTENERS - 1))
 }
 
 /// Peeks at the ClientHello until it parses, and picks the backend for its SNI.
@@ -77,7 +117,7 @@ async fn steer(
     client: &TcpStream,
     addr: SocketAddr,
     model: &ArcSwap<Model>,
-) -> Result<(String, SocketAddr), String> {
+) -> Result<Steered, String> {
     let mut buf = vec![0u8; DEFAULT_MAX_HELLO];
     let hello = tokio::time::timeout(HELLO_TIMEOUT, async {
         let mut last_len = 0;
@@ -114,7 +154,12 @@ async fn steer(
         .ok_or_else(|| format!("no TLSRoute for SNI {sni}"))?;
     let backend =
         pick(&route.backends).ok_or_else(|| format!("route {} has no backend", route.route))?;
-    Ok((sni, backend))
+    Ok(Steered {
+        sni,
+        backend,
+        hello_len: hello.consumed,
+        route: route.route.clone(),
+    })
 }
 
 /// Weighted choice among endpoints.
@@ -156,4 +201,72 @@ async fn relay(mut client: TcpStream, peer: SocketAddr, sni: &str, backend: Sock
         }
         Err(e) => tracing::debug!(%peer, %backend, sni, error = %e, "passthrough connection reset"),
     }
+}
+
+/// The in-kernel relay: the ClientHello is read here and written to the backend only after both
+/// sockets are in `SPLICE_SOCKS`, so every later byte (the backend's answer first) is moved by the
+/// kernel. This task only watches for EOF on each side, passes it on as a half-close, and takes
+/// the pair out of the maps when both are done. Bytes that reached a socket before it was spliced
+/// (early data) are copied here.
+async fn relay_spliced(
+    splicer: &Splicer,
+    mut client: TcpStream,
+    peer: SocketAddr,
+    s: Steered,
+    route: u32,
+) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut upstream =
+        match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(s.backend)).await {
+            Ok(Ok(u)) => u,
+            _ => {
+                tracing::debug!(%peer, backend = %s.backend, sni = %s.sni, "backend unreachable");
+                return;
+            }
+        };
+    let _ = upstream.set_nodelay(true);
+    let _ = client.set_nodelay(true);
+    let mut hello = vec![0u8; s.hello_len];
+    if client.read_exact(&mut hello).await.is_err() {
+        return;
+    }
+    let guard = match splicer.splice(&client, &upstream, route) {
+        Ok(g) => g,
+        Err(e) => {
+            tracing::warn!(%peer, error = %format!("{e:#}"), "splice failed; relaying in userspace");
+            if upstream.write_all(&hello).await.is_ok() {
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            }
+            return;
+        }
+    };
+    if upstream.write_all(&hello).await.is_err() {
+        return;
+    }
+    let (mut client_done, mut upstream_done) = (false, false);
+    let mut buf = vec![0u8; 16 * 1024];
+    while !(client_done && upstream_done) {
+        tokio::select! {
+            r = client.readable(), if !client_done => {
+                if r.is_err() { break; }
+                match client.try_read(&mut buf) {
+                    Ok(0) => { client_done = true; let _ = upstream.shutdown().await; }
+                    Ok(n) => { if upstream.write_all(&buf[..n]).await.is_err() { break; } }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => break,
+                }
+            }
+            r = upstream.readable(), if !upstream_done => {
+                if r.is_err() { break; }
+                match upstream.try_read(&mut buf) {
+                    Ok(0) => { upstream_done = true; let _ = client.shutdown().await; }
+                    Ok(n) => { if client.write_all(&buf[..n]).await.is_err() { break; } }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+    drop(guard);
+    tracing::debug!(%peer, backend = %s.backend, sni = %s.sni, "spliced passthrough connection closed");
 }

@@ -32,6 +32,12 @@ pub mod map_names {
     /// Per-CPU [`crate::counters::TrafficCounters`] at `backend id * 2 + direction`
     /// (0: towards the backend, 1: replies from it).
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
+    /// SockHash of spliced passthrough sockets: key → socket.
+    pub const SPLICE_SOCKS: &str = "SPLICE_SOCKS";
+    /// Socket cookie → [`crate::nat::SplicePeer`].
+    pub const SPLICE_PEERS: &str = "SPLICE_PEERS";
+    /// Per-CPU [`crate::counters::TrafficCounters`] of spliced bytes per TLSRoute index.
+    pub const SPLICE_STATS: &str = "SPLICE_STATS";
 }
 
 /// Names of the programs in the object file.
@@ -40,4 +46,6 @@ pub mod program_names {
     pub const XDP: &str = "nodegate_xdp";
     /// The TC clsact ingress entry point (`--attach tc`).
     pub const TC_INGRESS: &str = "nodegate_tc_ingress";
+    /// The SK_SKB stream verdict program splicing passthrough connections.
+    pub const SPLICE: &str = "nodegate_splice";
 }

@@ -109,8 +109,23 @@ pub struct NatConfig {
     pub port_max: u16,
 }
 
+/// Capacity of the passthrough splice maps (sockets; each connection takes two).
+pub const MAX_SPLICED_SOCKETS: u32 = 65536;
+
+/// `SPLICE_PEERS` value, keyed by socket cookie: where a spliced socket's bytes go. Written by the
+/// agent when it hands a passthrough connection to the kernel; read by the SK_SKB verdict program.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SplicePeer {
+    /// The peer socket's key in `SPLICE_SOCKS`.
+    pub peer_key: u32,
+    /// Index of the TLSRoute's counters in `SPLICE_STATS`.
+    pub route: u32,
+}
+
 #[cfg(feature = "user")]
 mod pod {
+    unsafe impl aya::Pod for super::SplicePeer {}
     unsafe impl aya::Pod for super::ServiceValue {}
     unsafe impl aya::Pod for super::BackendValue {}
     unsafe impl aya::Pod for super::FlowKey {}

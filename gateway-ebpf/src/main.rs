@@ -6,6 +6,7 @@
 mod maps;
 mod nat;
 mod parse;
+mod splice;
 
 use aya_ebpf::helpers::bpf_redirect;
 use aya_ebpf::{

@@ -8,6 +8,7 @@ mod ifaddrs;
 mod listeners;
 mod maglev;
 mod services;
+mod splice;
 mod stats;
 
 use std::path::PathBuf;
@@ -19,6 +20,7 @@ use gateway_common::map_names;
 pub use aging::Timeouts;
 pub use attach::Attachment;
 pub use listeners::{ListenerEntry, Transport};
+pub use splice::Splicer;
 pub use stats::DataplaneStats;
 
 use crate::cli::AttachMode;
@@ -30,7 +32,7 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 const LINKS_DIR: &str = "links";
 
 /// Every map the agent pins, by its name in the object.
-const PINNED_MAPS: [&str; 10] = [
+const PINNED_MAPS: [&str; 13] = [
     map_names::LISTENERS,
     map_names::LISTENER_STATS,
     map_names::DROP_STATS,
@@ -41,6 +43,9 @@ const PINNED_MAPS: [&str; 10] = [
     map_names::IFADDRS,
     map_names::NAT_CONFIG,
     map_names::BACKEND_STATS,
+    map_names::SPLICE_SOCKS,
+    map_names::SPLICE_PEERS,
+    map_names::SPLICE_STATS,
 ];
 
 /// How the data plane is set up.
@@ -155,6 +160,11 @@ impl Dataplane {
             self.listeners.entries(),
             self.services.backends(),
         )
+    }
+
+    /// The in-kernel splice for TLS passthrough (loads and attaches its program).
+    pub fn splicer(&mut self) -> anyhow::Result<Splicer> {
+        Splicer::new(&mut self.ebpf)
     }
 
     /// Removes flows idle past their timeout from the connection table.
