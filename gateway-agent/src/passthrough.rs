@@ -4,9 +4,10 @@
 //! sees the backend's own certificate. No SNI, an unknown SNI, a malformed or oversized hello, or
 //! a client that stalls: the connection is closed.
 //!
-//! Two relay modes: `sockmap` (default) puts both sockets into the kernel's `SPLICE_SOCKS`
+//! Two relay modes: `userspace` (default) copies with `copy_bidirectional`; `sockmap`
+//! (experimental) puts both sockets into the kernel's `SPLICE_SOCKS`
 //! sockhash, where an SK_SKB verdict program moves every byte after the ClientHello from one to
-//! the other without it reaching userspace; `userspace` copies with `copy_bidirectional`.
+//! the other without it reaching userspace.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 

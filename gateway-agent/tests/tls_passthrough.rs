@@ -151,8 +151,7 @@ endpoints: [{{addresses: [127.0.0.1]}}]
     )
 }
 
-#[test]
-fn sni_steers_to_backends_that_terminate_tls_themselves() {
+fn sni_steers_to_backends_that_terminate_tls_themselves(mode: &str) {
     testbed::require_root("the TLS passthrough end-to-end test (the agent loads its BPF object)")
         .unwrap();
     let dir = ConfigDir::new("tls-certs", &[]).unwrap();
@@ -199,7 +198,13 @@ spec:
     let config = ConfigDir::new("tls", &[("all.yaml", &yaml)]).unwrap();
     let bpffs = TempBpffs::mount("tls").unwrap();
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let _agent = Agent::start_local(&bpffs, config.path(), admin).expect("agent starts");
+    let agent = Agent::start_local_with(
+        &bpffs,
+        config.path(),
+        admin,
+        &["--passthrough-splice", mode],
+    )
+    .expect("agent starts");
 
     // The exact hostname reaches backend a; the client verifies a's own certificate end to end.
     let out = client(gw_port, Some("a.example.com"), &a_cert);
@@ -231,4 +236,259 @@ spec:
             "{why} refused before the handshake:\n{out}"
         );
     }
+    if mode == "sockmap" {
+        assert!(
+            splice_bytes(&agent) > 0,
+            "the backends' answers went through the kernel splice"
+        );
+    }
+}
+
+#[test]
+fn sni_steering_sockmap() {
+    sni_steers_to_backends_that_terminate_tls_themselves("sockmap");
+}
+
+#[test]
+fn sni_steering_userspace() {
+    sni_steers_to_backends_that_terminate_tls_themselves("userspace");
+}
+
+/// Bytes counted by the splice program, from the pinned per-CPU map.
+fn splice_bytes(agent: &Agent) -> u64 {
+    let json = testbed::sh(
+        "bpftool",
+        &[
+            "-j",
+            "map",
+            "dump",
+            "pinned",
+            &agent.bpffs.join("SPLICE_STATS").to_string_lossy(),
+        ],
+    )
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|e| {
+            e["formatted"]["values"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .map(|c| c["value"]["bytes"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// A ClientHello record for `sni` (TLS 1.2 version fields, one cipher suite, SNI only).
+fn client_hello(sni: &str) -> Vec<u8> {
+    let mut body = vec![3, 3];
+    body.extend([7u8; 32]);
+    body.push(0);
+    body.extend([0, 2, 0x13, 0x01, 1, 0]);
+    let mut entry = vec![0];
+    entry.extend((sni.len() as u16).to_be_bytes());
+    entry.extend(sni.as_bytes());
+    let mut ext = vec![0, 0];
+    ext.extend(((entry.len() + 2) as u16).to_be_bytes());
+    ext.extend((entry.len() as u16).to_be_bytes());
+    ext.extend(entry);
+    body.extend((ext.len() as u16).to_be_bytes());
+    body.extend(ext);
+    let mut hs = vec![1];
+    hs.extend(&(body.len() as u32).to_be_bytes()[1..]);
+    hs.extend(body);
+    let mut record = vec![22, 3, 1];
+    record.extend((hs.len() as u16).to_be_bytes());
+    record.extend(hs);
+    record
+}
+
+const BLOCK: usize = 64 * 1024;
+
+/// Block `i` of a deterministic stream.
+fn block(i: u64, buf: &mut [u8]) {
+    for (j, chunk) in buf.chunks_mut(8).enumerate() {
+        chunk.copy_from_slice(&(i.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ j as u64).to_le_bytes());
+    }
+}
+
+/// Writes `blocks` blocks of the stream.
+fn send_stream(mut w: impl std::io::Write, blocks: u64) {
+    let mut buf = vec![0u8; BLOCK];
+    for i in 0..blocks {
+        block(i, &mut buf);
+        w.write_all(&buf).unwrap();
+    }
+}
+
+/// Reads `blocks` blocks and checks every byte against the stream.
+fn check_stream(mut r: impl std::io::Read, blocks: u64) -> bool {
+    let (mut got, mut want) = (vec![0u8; BLOCK], vec![0u8; BLOCK]);
+    for i in 0..blocks {
+        if r.read_exact(&mut got).is_err() {
+            return false;
+        }
+        block(i, &mut want);
+        if got != want {
+            return false;
+        }
+    }
+    true
+}
+
+/// A backend that reads the hello, then streams `blocks` blocks back while checking `blocks`
+/// blocks from the client; reports the check on `tx`.
+fn bulk_backend(hello_len: usize, blocks: u64, tx: std::sync::mpsc::Sender<bool>) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut hello = vec![0u8; hello_len];
+        std::io::Read::read_exact(&mut s, &mut hello).unwrap();
+        let w = s.try_clone().unwrap();
+        let writer = std::thread::spawn(move || send_stream(w, blocks));
+        let ok = check_stream(&s, blocks);
+        writer.join().unwrap();
+        let _ = tx.send(ok);
+    });
+    port
+}
+
+fn passthrough_config(gw_port: u16, backend_port: u16) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: nodegate}}
+spec: {{controllerName: nodegate.io/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: default}}
+spec:
+  gatewayClassName: nodegate
+  listeners: [{{name: tls, protocol: TLS, port: {gw_port}, tls: {{mode: Passthrough}}}}]
+{}
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TLSRoute
+metadata: {{name: bulk, namespace: default}}
+spec:
+  parentRefs: [{{name: gw}}]
+  hostnames: [bulk.example.com]
+  rules: [{{backendRefs: [{{name: bulk, port: 443}}]}}]
+",
+        service("bulk", backend_port)
+    )
+}
+
+/// 1 GiB each way through one passthrough connection arrives intact, in both relay modes; then
+/// 1,000 concurrent connections open and close and leave no map entry or fd behind.
+fn bulk_and_churn(mode: &str) {
+    testbed::require_root("the TLS passthrough end-to-end test").unwrap();
+    const GIB_BLOCKS: u64 = (1 << 30) / BLOCK as u64;
+    let hello = client_hello("bulk.example.com");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let backend_port = bulk_backend(hello.len(), GIB_BLOCKS, tx);
+    let gw_port = free_port();
+    let config = ConfigDir::new(
+        &format!("bulk-{mode}"),
+        &[("all.yaml", &passthrough_config(gw_port, backend_port))],
+    )
+    .unwrap();
+    let bpffs = TempBpffs::mount("bulk").unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let agent = Agent::start_local_with(
+        &bpffs,
+        config.path(),
+        admin,
+        &["--passthrough-splice", mode],
+    )
+    .expect("agent");
+
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", gw_port)).unwrap();
+    s.write_all(&hello).unwrap();
+    let w = s.try_clone().unwrap();
+    let writer = std::thread::spawn(move || send_stream(w, GIB_BLOCKS));
+    assert!(
+        check_stream(&s, GIB_BLOCKS),
+        "1 GiB from the backend arrived intact ({mode})"
+    );
+    writer.join().unwrap();
+    assert!(
+        rx.recv().unwrap(),
+        "1 GiB from the client arrived intact ({mode})"
+    );
+    drop(s);
+    if mode == "sockmap" {
+        assert!(
+            splice_bytes(&agent) >= 2 << 30,
+            "both GiBs were spliced in the kernel"
+        );
+    }
+
+    // Churn: 1,000 concurrent connections to a backend that accepts and closes.
+    let churn = TcpListener::bind("127.0.0.1:0").unwrap();
+    let churn_port = churn.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for c in churn.incoming().flatten() {
+            drop(c);
+        }
+    });
+    std::fs::write(
+        config.path().join("all.yaml"),
+        passthrough_config(gw_port, churn_port),
+    )
+    .unwrap();
+    let fds = |pid: u32| {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let pid = agent.pid().unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let baseline = fds(pid);
+    let conns: Vec<_> = (0..1000)
+        .map(|_| {
+            let mut c = std::net::TcpStream::connect(("127.0.0.1", gw_port)).unwrap();
+            c.write_all(&hello).unwrap();
+            c
+        })
+        .collect();
+    for mut c in conns {
+        let mut buf = [0u8; 16];
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = std::io::Read::read(&mut c, &mut buf); // EOF once the backend closed
+    }
+    testbed::wait_for(Duration::from_secs(10), "fds back to the baseline", || {
+        (fds(pid) <= baseline + 2).then_some(())
+    })
+    .expect("no fd leaked");
+    if mode == "sockmap" {
+        testbed::wait_for(Duration::from_secs(10), "SPLICE_PEERS empty", || {
+            let json = testbed::sh(
+                "bpftool",
+                &[
+                    "-j",
+                    "map",
+                    "dump",
+                    "pinned",
+                    &agent.bpffs.join("SPLICE_PEERS").to_string_lossy(),
+                ],
+            )
+            .ok()?;
+            (serde_json::from_str::<serde_json::Value>(&json)
+                .ok()?
+                .as_array()?
+                .is_empty())
+            .then_some(())
+        })
+        .expect("no map entry leaked");
+    }
+}
+
+#[test]
+fn bulk_and_churn_userspace() {
+    bulk_and_churn("userspace");
 }

@@ -144,6 +144,16 @@ impl Agent {
         config: &Path,
         admin: SocketAddr,
     ) -> anyhow::Result<Self> {
+        Self::start_local_with(bpffs, config, admin, &[])
+    }
+
+    /// [`Agent::start_local`] with extra `run` arguments.
+    pub fn start_local_with(
+        bpffs: &TempBpffs,
+        config: &Path,
+        admin: SocketAddr,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let log_path = std::env::temp_dir().join(format!(
             "nodegate-agent-local-{}-{}.log",
             std::process::id(),
@@ -156,6 +166,7 @@ impl Agent {
             .args(["--bind-address", "127.0.0.1", "--access-log", "--bpffs"])
             .arg(bpffs.path())
             .args(["--admin-address", &admin.to_string()])
+            .args(extra)
             .stdin(Stdio::null())
             .stderr(log)
             .spawn()
@@ -225,6 +236,11 @@ impl Agent {
 }
 
 impl Agent {
+    /// The agent's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// What the agent has logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
