@@ -14,7 +14,7 @@ use crate::{dataplane::Dataplane, snapshot::Snapshot};
 struct AdminState {
     dataplane: Arc<Mutex<Dataplane>>,
     snapshots: watch::Receiver<Arc<Snapshot>>,
-    proxy: crate::proxy::ProxyMetrics,
+    sources: Vec<Arc<dyn crate::metrics::MetricsSource>>,
 }
 
 /// Binds `addr` and serves the admin routes until the returned task is aborted.
@@ -22,7 +22,7 @@ pub async fn serve(
     addr: SocketAddr,
     dataplane: Arc<Mutex<Dataplane>>,
     snapshots: watch::Receiver<Arc<Snapshot>>,
-    proxy: crate::proxy::ProxyMetrics,
+    sources: Vec<Arc<dyn crate::metrics::MetricsSource>>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -34,7 +34,7 @@ pub async fn serve(
         .with_state(AdminState {
             dataplane,
             snapshots,
-            proxy,
+            sources,
         });
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -69,7 +69,7 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
         Ok(stats) => (
             StatusCode::OK,
             [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
-            crate::metrics::render(stats, &state.proxy),
+            crate::metrics::render(stats, &state.sources),
         )
             .into_response(),
         Err(e) => (

@@ -175,7 +175,7 @@ async fn run(args: cli::RunArgs) -> anyhow::Result<()> {
         args.admin_address,
         dataplane.clone(),
         admin_snapshots,
-        proxy.metrics(),
+        vec![Arc::new(proxy.metrics()), Arc::new(passthrough.metrics())],
     )
     .await?;
     tracing::info!(admin = %args.admin_address, "agent ready");

@@ -108,11 +108,19 @@ impl Collector for KernelCounters {
     }
 }
 
-/// Renders the kernel counters and the proxy's metrics in the Prometheus text format.
-pub fn render(stats: DataplaneStats, proxy: &crate::proxy::ProxyMetrics) -> String {
+/// A part of the agent with metric families of its own (the proxy, the passthrough acceptor).
+pub trait MetricsSource: Send + Sync {
+    /// Adds its families to a registry being encoded.
+    fn register(&self, registry: &mut Registry);
+}
+
+/// Renders the kernel counters and every source's metrics in the Prometheus text format.
+pub fn render(stats: DataplaneStats, sources: &[std::sync::Arc<dyn MetricsSource>]) -> String {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(KernelCounters(stats)));
-    proxy.register(&mut registry);
+    for source in sources {
+        source.register(&mut registry);
+    }
     let mut out = String::new();
     // Encoding into a String cannot fail.
     let _ = prometheus_client::encoding::text::encode(&mut out, &registry);

@@ -21,6 +21,41 @@ use crate::{dataplane::Splicer, sockets::SocketSet};
 /// How long a client has to send its whole ClientHello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Labels of the passthrough counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct RouteLabels {
+    /// `namespace/name` of the TLSRoute, or `none` for refused connections.
+    route: String,
+}
+
+/// Connection and byte counters of the passthrough acceptor.
+#[derive(Clone, Default)]
+pub struct PassthroughMetrics {
+    connections: prometheus_client::metrics::family::Family<
+        RouteLabels,
+        prometheus_client::metrics::counter::Counter,
+    >,
+    bytes: prometheus_client::metrics::family::Family<
+        RouteLabels,
+        prometheus_client::metrics::counter::Counter,
+    >,
+}
+
+impl crate::metrics::MetricsSource for PassthroughMetrics {
+    fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "nodegate_passthrough_connections",
+            "TLS passthrough connections, by TLSRoute (route=none: refused).",
+            self.connections.clone(),
+        );
+        registry.register(
+            "nodegate_passthrough_bytes",
+            "Bytes relayed in userspace by TLS passthrough, both directions, by TLSRoute.",
+            self.bytes.clone(),
+        );
+    }
+}
+
 /// What every connection task shares.
 struct Shared {
     model: ArcSwap<Model>,
@@ -28,6 +63,8 @@ struct Shared {
     splicer: Option<Splicer>,
     /// TLSRoute name → index of its splice counters.
     route_ids: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+    /// Counters for /metrics.
+    metrics: PassthroughMetrics,
 }
 
 /// The passthrough acceptor.
@@ -44,6 +81,7 @@ impl Passthrough {
                 model: ArcSwap::from_pointee(Model::default()),
                 splicer,
                 route_ids: std::sync::Mutex::new(std::collections::HashMap::new()),
+                metrics: PassthroughMetrics::default(),
             }),
             sockets: SocketSet::new("TLS passthrough"),
         }
@@ -59,6 +97,11 @@ impl Passthrough {
                 tokio::spawn(accept_loop(listener, addr, shared.clone()))
             })
             .await
+    }
+
+    /// The acceptor's counters, for /metrics.
+    pub fn metrics(&self) -> PassthroughMetrics {
+        self.shared.metrics.clone()
     }
 
     /// Stops accepting.
@@ -80,14 +123,29 @@ async fn accept_loop(listener: TcpListener, addr: SocketAddr, shared: Arc<Shared
         let shared = shared.clone();
         tokio::spawn(async move {
             match steer(&client, addr, &shared.model).await {
-                Ok(steered) => match &shared.splicer {
-                    Some(splicer) => {
-                        let route = route_id(&shared, &steered.route);
-                        relay_spliced(splicer, client, peer, steered, route).await
+                Ok(steered) => {
+                    let labels = RouteLabels {
+                        route: steered.route.clone(),
+                    };
+                    shared.metrics.connections.get_or_create(&labels).inc();
+                    match &shared.splicer {
+                        Some(splicer) => {
+                            let route = route_id(&shared, &steered.route);
+                            relay_spliced(splicer, client, peer, steered, route).await
+                        }
+                        None => {
+                            let bytes = relay(client, peer, &steered.sni, steered.backend).await;
+                            shared.metrics.bytes.get_or_create(&labels).inc_by(bytes);
+                        }
                     }
-                    None => relay(client, peer, &steered.sni, steered.backend).await,
-                },
-                Err(why) => tracing::debug!(%peer, %addr, "passthrough connection refused: {why}"),
+                }
+                Err(why) => {
+                    let labels = RouteLabels {
+                        route: "none".into(),
+                    };
+                    shared.metrics.connections.get_or_create(&labels).inc();
+                    tracing::debug!(%peer, %addr, "passthrough connection refused: {why}")
+                }
             }
         });
     }
@@ -181,26 +239,31 @@ fn pick(endpoints: &[WeightedEndpoint]) -> Option<SocketAddr> {
 
 /// Connects to the backend and copies both ways (the peeked hello is still in the client's
 /// socket, so the backend receives it first). EOF on one side is passed on as a half-close.
-async fn relay(mut client: TcpStream, peer: SocketAddr, sni: &str, backend: SocketAddr) {
+/// Returns the bytes relayed (both directions).
+async fn relay(mut client: TcpStream, peer: SocketAddr, sni: &str, backend: SocketAddr) -> u64 {
     let mut upstream =
         match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(backend)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 tracing::debug!(%peer, %backend, sni, error = %e, "backend unreachable");
-                return;
+                return 0;
             }
             Err(_) => {
                 tracing::debug!(%peer, %backend, sni, "backend connect timed out");
-                return;
+                return 0;
             }
         };
     let _ = upstream.set_nodelay(true);
     let _ = client.set_nodelay(true);
     match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
         Ok((up, down)) => {
-            tracing::debug!(%peer, %backend, sni, up, down, "passthrough connection closed")
+            tracing::debug!(%peer, %backend, sni, up, down, "passthrough connection closed");
+            up + down
         }
-        Err(e) => tracing::debug!(%peer, %backend, sni, error = %e, "passthrough connection reset"),
+        Err(e) => {
+            tracing::debug!(%peer, %backend, sni, error = %e, "passthrough connection reset");
+            0
+        }
     }
 }
 

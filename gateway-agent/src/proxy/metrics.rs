@@ -64,9 +64,10 @@ impl ProxyMetrics {
             })
             .observe(seconds);
     }
+}
 
-    /// Adds the families to a registry being encoded.
-    pub fn register(&self, registry: &mut Registry) {
+impl crate::metrics::MetricsSource for ProxyMetrics {
+    fn register(&self, registry: &mut Registry) {
         registry.register(
             "nodegate_http_requests",
             "Requests served by the L7 proxy, by route, backend and status code.",

@@ -10,8 +10,6 @@ mod metrics;
 mod tls;
 mod upstream;
 
-pub use metrics::ProxyMetrics;
-
 use std::{net::SocketAddr, sync::Arc};
 
 use arc_swap::ArcSwap;
