@@ -25,37 +25,7 @@ fn free_port() -> u16 {
 
 /// A self-signed certificate for `name` in `dir`: (cert path, key path).
 fn certificate(dir: &Path, name: &str) -> (String, String) {
-    let file = name.replace('*', "wild");
-    let (cert, key) = (
-        dir.join(format!("{file}.crt")),
-        dir.join(format!("{file}.key")),
-    );
-    let status = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "1",
-        ])
-        .args([
-            "-subj",
-            &format!("/CN={name}"),
-            "-addext",
-            &format!("subjectAltName=DNS:{name}"),
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stderr(Stdio::null())
-        .status()
-        .expect("openssl");
-    assert!(status.success());
+    let (cert, key) = testbed::self_signed_certificate(dir, name).expect("certificate");
     (cert.display().to_string(), key.display().to_string())
 }
 

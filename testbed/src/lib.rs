@@ -808,3 +808,45 @@ pub mod grpc {
         call_addr(std::net::SocketAddr::from(([127, 0, 0, 1], port)), path)
     }
 }
+
+/// Makes a self-signed ECDSA certificate for `name` (CN and DNS SAN; `*` allowed) with the
+/// `openssl` command, in `dir`; returns (certificate PEM path, key PEM path). For TLS backends
+/// and HTTPS listeners in the demo and the tests.
+pub fn self_signed_certificate(dir: &Path, name: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let file = name.replace('*', "wild");
+    let (cert, key) = (
+        dir.join(format!("{file}.crt")),
+        dir.join(format!("{file}.key")),
+    );
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+        ])
+        .args([
+            "-subj",
+            &format!("/CN={name}"),
+            "-addext",
+            &format!("subjectAltName=DNS:{name}"),
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .context("running openssl (is it installed?)")?;
+    if !out.status.success() {
+        bail!(
+            "openssl req failed for {name}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok((cert, key))
+}

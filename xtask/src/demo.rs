@@ -312,38 +312,7 @@ impl TlsBackends {
             ("a.example.com", "10.90.2.2:8443"),
             ("b.example.com", "10.90.2.3:8443"),
         ] {
-            let (cert, key) = (
-                backends.dir.join(format!("{name}.crt")),
-                backends.dir.join(format!("{name}.key")),
-            );
-            let status = Command::new("openssl")
-                .args([
-                    "req",
-                    "-x509",
-                    "-newkey",
-                    "ec",
-                    "-pkeyopt",
-                    "ec_paramgen_curve:prime256v1",
-                    "-nodes",
-                    "-days",
-                    "1",
-                ])
-                .args([
-                    "-subj",
-                    &format!("/CN={name}"),
-                    "-addext",
-                    &format!("subjectAltName=DNS:{name}"),
-                ])
-                .arg("-keyout")
-                .arg(&key)
-                .arg("-out")
-                .arg(&cert)
-                .stderr(Stdio::null())
-                .status()
-                .context("running openssl")?;
-            if !status.success() {
-                bail!("openssl could not make a certificate for {name}");
-            }
+            let (cert, key) = testbed::self_signed_certificate(&backends.dir, name)?;
             let child = topo
                 .backend
                 .command("openssl")
