@@ -84,10 +84,10 @@ pub struct RunArgs {
     /// Closed TCP flows (RST, or FIN both ways) leave the connection table after this.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub tcp_closed_timeout: std::time::Duration,
-    /// TLS passthrough relay: by copying in userspace (default), or in the kernel with a sockhash
-    /// splice (experimental: bytes a client sends right behind its ClientHello, before the splice
-    /// is in place, are not handled yet).
-    #[arg(long, value_enum, default_value = "userspace")]
+    /// TLS passthrough relay: in the kernel with a sockhash splice (default; a client that sends
+    /// early data behind its ClientHello is relayed in userspace), or always by copying in
+    /// userspace. Falls back to userspace, with a warning, when the splice cannot be loaded.
+    #[arg(long, value_enum, default_value = "sockmap")]
     pub passthrough_splice: SpliceMode,
     /// On exit, leave the kernel programs attached and the maps pinned for the next agent (which
     /// adopts them), so a restart or upgrade does not reset established L4 connections. Without

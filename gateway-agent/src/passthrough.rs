@@ -4,10 +4,12 @@
 //! sees the backend's own certificate. No SNI, an unknown SNI, a malformed or oversized hello, or
 //! a client that stalls: the connection is closed.
 //!
-//! Two relay modes: `userspace` (default) copies with `copy_bidirectional`; `sockmap`
-//! (experimental) puts both sockets into the kernel's `SPLICE_SOCKS`
+//! Two relay modes: `sockmap` (default) puts both sockets into the kernel's `SPLICE_SOCKS`
 //! sockhash, where an SK_SKB verdict program moves every byte after the ClientHello from one to
-//! the other without it reaching userspace.
+//! the other without it reaching userspace; `userspace` (also the fallback when the splice cannot
+//! be loaded) copies with `copy_bidirectional`. A client that sends bytes right behind its
+//! ClientHello, before the server has answered (TLS 1.3 early data), is relayed in userspace:
+//! splicing it could let the kernel move those bytes ahead of the replayed hello.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -30,7 +32,7 @@ struct RouteLabels {
 
 /// Connection and byte counters of the passthrough acceptor.
 #[derive(Clone, Default)]
-pub struct PassthroughMetrics {
+struct PassthroughMetrics {
     connections: prometheus_client::metrics::family::Family<
         RouteLabels,
         prometheus_client::metrics::counter::Counter,
@@ -41,18 +43,58 @@ pub struct PassthroughMetrics {
     >,
 }
 
-impl crate::metrics::MetricsSource for PassthroughMetrics {
+/// The acceptor's metrics for /metrics: its own counters plus, per TLSRoute, the bytes the
+/// kernel splice moved (read from `SPLICE_STATS` at scrape time).
+pub struct PassthroughStats(Arc<Shared>);
+
+/// Spliced bytes per TLSRoute, as read for one scrape.
+#[derive(Debug)]
+struct SplicedBytes(Vec<(String, u64)>);
+
+impl prometheus_client::collector::Collector for SplicedBytes {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric as _;
+        let mut family = encoder.encode_descriptor(
+            "nodegate_passthrough_spliced_bytes",
+            "Bytes the kernel splice (SK_SKB verdict) moved for TLS passthrough, both directions, by TLSRoute.",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (route, bytes) in &self.0 {
+            prometheus_client::metrics::counter::ConstCounter::new(*bytes)
+                .encode(family.encode_family(&[("route", route.as_str())])?)?;
+        }
+        Ok(())
+    }
+}
+
+impl crate::metrics::MetricsSource for PassthroughStats {
     fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        let metrics = &self.0.metrics;
         registry.register(
             "nodegate_passthrough_connections",
             "TLS passthrough connections, by TLSRoute (route=none: refused).",
-            self.connections.clone(),
+            metrics.connections.clone(),
         );
         registry.register(
             "nodegate_passthrough_bytes",
             "Bytes relayed in userspace by TLS passthrough, both directions, by TLSRoute.",
-            self.bytes.clone(),
+            metrics.bytes.clone(),
         );
+        if let Some(splicer) = &self.0.splicer {
+            let ids: Vec<(String, u32)> = match self.0.route_ids.lock() {
+                Ok(ids) => ids.iter().map(|(r, i)| (r.clone(), *i)).collect(),
+                Err(_) => Vec::new(),
+            };
+            let spliced = ids
+                .into_iter()
+                .filter_map(|(route, id)| Some((route, splicer.spliced(id).ok()?.bytes)))
+                .collect();
+            registry.register_collector(Box::new(SplicedBytes(spliced)));
+        }
     }
 }
 
@@ -100,8 +142,8 @@ impl Passthrough {
     }
 
     /// The acceptor's counters, for /metrics.
-    pub fn metrics(&self) -> PassthroughMetrics {
-        self.shared.metrics.clone()
+    pub fn metrics(&self) -> PassthroughStats {
+        PassthroughStats(self.shared.clone())
     }
 
     /// Stops accepting.
@@ -128,16 +170,17 @@ async fn accept_loop(listener: TcpListener, addr: SocketAddr, shared: Arc<Shared
                         route: steered.route.clone(),
                     };
                     shared.metrics.connections.get_or_create(&labels).inc();
-                    match &shared.splicer {
+                    let Some(upstream) = connect(peer, &steered).await else {
+                        return;
+                    };
+                    let copied = match &shared.splicer {
                         Some(splicer) => {
                             let route = route_id(&shared, &steered.route);
-                            relay_spliced(splicer, client, peer, steered, route).await
+                            relay_spliced(splicer, client, upstream, peer, &steered, route).await
                         }
-                        None => {
-                            let bytes = relay(client, peer, &steered.sni, steered.backend).await;
-                            shared.metrics.bytes.get_or_create(&labels).inc_by(bytes);
-                        }
-                    }
+                        None => relay(client, upstream, peer, &steered).await,
+                    };
+                    shared.metrics.bytes.get_or_create(&labels).inc_by(copied);
                 }
                 Err(why) => {
                     let labels = RouteLabels {
@@ -237,76 +280,98 @@ fn pick(endpoints: &[WeightedEndpoint]) -> Option<SocketAddr> {
     None
 }
 
-/// Connects to the backend and copies both ways (the peeked hello is still in the client's
-/// socket, so the backend receives it first). EOF on one side is passed on as a half-close.
-/// Returns the bytes relayed (both directions).
-async fn relay(mut client: TcpStream, peer: SocketAddr, sni: &str, backend: SocketAddr) -> u64 {
-    let mut upstream =
-        match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(backend)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                tracing::debug!(%peer, %backend, sni, error = %e, "backend unreachable");
-                return 0;
-            }
-            Err(_) => {
-                tracing::debug!(%peer, %backend, sni, "backend connect timed out");
-                return 0;
-            }
-        };
-    let _ = upstream.set_nodelay(true);
+/// Connects to the chosen backend (bounded wait).
+async fn connect(peer: SocketAddr, s: &Steered) -> Option<TcpStream> {
+    match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(s.backend)).await {
+        Ok(Ok(upstream)) => {
+            let _ = upstream.set_nodelay(true);
+            Some(upstream)
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, backend = %s.backend, sni = %s.sni, error = %e, "backend unreachable");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, backend = %s.backend, sni = %s.sni, "backend connect timed out");
+            None
+        }
+    }
+}
+
+/// Copies both ways in userspace until both sides are done; EOF on one side is passed on as a
+/// half-close. Whatever is still unread in the client socket (the peeked hello) reaches the
+/// backend first. Returns the bytes relayed (both directions).
+async fn relay(
+    mut client: TcpStream,
+    mut upstream: TcpStream,
+    peer: SocketAddr,
+    s: &Steered,
+) -> u64 {
     let _ = client.set_nodelay(true);
     match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
         Ok((up, down)) => {
-            tracing::debug!(%peer, %backend, sni, up, down, "passthrough connection closed");
+            tracing::debug!(%peer, backend = %s.backend, sni = %s.sni, up, down, "passthrough connection closed");
             up + down
         }
         Err(e) => {
-            tracing::debug!(%peer, %backend, sni, error = %e, "passthrough connection reset");
+            tracing::debug!(%peer, backend = %s.backend, sni = %s.sni, error = %e, "passthrough connection reset");
             0
         }
     }
 }
 
-/// The in-kernel relay: the ClientHello is read here and written to the backend only after both
-/// sockets are in `SPLICE_SOCKS`, so every later byte (the backend's answer first) is moved by the
-/// kernel. This task only watches for EOF on each side, passes it on as a half-close, and takes
-/// the pair out of the maps when both are done. Bytes that reached a socket before it was spliced
-/// (early data) are copied here.
+/// Bytes waiting unread in a socket's receive queue (SIOCINQ).
+fn unread_bytes(socket: &TcpStream) -> usize {
+    use std::os::fd::AsRawFd as _;
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int.
+    let rc = unsafe { libc::ioctl(socket.as_raw_fd(), libc::FIONREAD, &mut n) };
+    if rc == 0 { n.max(0) as usize } else { 0 }
+}
+
+/// The in-kernel relay. The ClientHello is read here, both sockets go into `SPLICE_SOCKS`, and
+/// only then is the hello written to the backend: its answer, and every later byte either way,
+/// is moved by the kernel. A TLS client sends nothing more until the server has answered, so
+/// nothing is left behind in userspace; a client that already sent more (early data) is relayed
+/// in userspace instead, so its bytes cannot overtake the hello. This task only watches for EOF
+/// on each side, passes it on as a half-close, and takes the pair out of the maps when both are
+/// done. Returns the bytes it relayed in userspace (the spliced ones are counted by the kernel).
 async fn relay_spliced(
     splicer: &Splicer,
     mut client: TcpStream,
+    mut upstream: TcpStream,
     peer: SocketAddr,
-    s: Steered,
+    s: &Steered,
     route: u32,
-) {
+) -> u64 {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut upstream =
-        match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(s.backend)).await {
-            Ok(Ok(u)) => u,
-            _ => {
-                tracing::debug!(%peer, backend = %s.backend, sni = %s.sni, "backend unreachable");
-                return;
-            }
-        };
-    let _ = upstream.set_nodelay(true);
     let _ = client.set_nodelay(true);
     let mut hello = vec![0u8; s.hello_len];
     if client.read_exact(&mut hello).await.is_err() {
-        return;
+        return 0;
+    }
+    let early = unread_bytes(&client);
+    if early > 0 {
+        tracing::debug!(%peer, sni = %s.sni, early, "early data behind the ClientHello; relaying in userspace");
+        if upstream.write_all(&hello).await.is_err() {
+            return 0;
+        }
+        return hello.len() as u64 + relay(client, upstream, peer, s).await;
     }
     let guard = match splicer.splice(&client, &upstream, route) {
         Ok(g) => g,
         Err(e) => {
             tracing::warn!(%peer, error = %format!("{e:#}"), "splice failed; relaying in userspace");
-            if upstream.write_all(&hello).await.is_ok() {
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            if upstream.write_all(&hello).await.is_err() {
+                return 0;
             }
-            return;
+            return hello.len() as u64 + relay(client, upstream, peer, s).await;
         }
     };
     if upstream.write_all(&hello).await.is_err() {
-        return;
+        return 0;
     }
+    let mut copied = hello.len() as u64;
     let (mut client_done, mut upstream_done) = (false, false);
     let mut buf = vec![0u8; 16 * 1024];
     while !(client_done && upstream_done) {
@@ -315,7 +380,7 @@ async fn relay_spliced(
                 if r.is_err() { break; }
                 match client.try_read(&mut buf) {
                     Ok(0) => { client_done = true; let _ = upstream.shutdown().await; }
-                    Ok(n) => { if upstream.write_all(&buf[..n]).await.is_err() { break; } }
+                    Ok(n) => { copied += n as u64; if upstream.write_all(&buf[..n]).await.is_err() { break; } }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                     Err(_) => break,
                 }
@@ -324,7 +389,7 @@ async fn relay_spliced(
                 if r.is_err() { break; }
                 match upstream.try_read(&mut buf) {
                     Ok(0) => { upstream_done = true; let _ = client.shutdown().await; }
-                    Ok(n) => { if client.write_all(&buf[..n]).await.is_err() { break; } }
+                    Ok(n) => { copied += n as u64; if client.write_all(&buf[..n]).await.is_err() { break; } }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                     Err(_) => break,
                 }
@@ -333,4 +398,5 @@ async fn relay_spliced(
     }
     drop(guard);
     tracing::debug!(%peer, backend = %s.backend, sni = %s.sni, "spliced passthrough connection closed");
+    copied
 }

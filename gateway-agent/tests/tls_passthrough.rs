@@ -276,6 +276,8 @@ fn client_hello(sni: &str) -> Vec<u8> {
 }
 
 const BLOCK: usize = 64 * 1024;
+/// Blocks in 1 GiB.
+const GIB_BLOCKS: u64 = (1 << 30) / BLOCK as u64;
 
 /// Block `i` of a deterministic stream.
 fn block(i: u64, buf: &mut [u8]) {
@@ -293,10 +295,10 @@ fn send_stream(mut w: impl std::io::Write, blocks: u64) {
     }
 }
 
-/// Reads `blocks` blocks and checks every byte against the stream.
-fn check_stream(mut r: impl std::io::Read, blocks: u64) -> bool {
+/// Reads blocks `from..to` of the stream and checks every byte.
+fn check_stream(mut r: impl std::io::Read, from: u64, to: u64) -> bool {
     let (mut got, mut want) = (vec![0u8; BLOCK], vec![0u8; BLOCK]);
-    for i in 0..blocks {
+    for i in from..to {
         if r.read_exact(&mut got).is_err() {
             return false;
         }
@@ -319,7 +321,7 @@ fn bulk_backend(hello_len: usize, blocks: u64, tx: std::sync::mpsc::Sender<bool>
         std::io::Read::read_exact(&mut s, &mut hello).unwrap();
         let w = s.try_clone().unwrap();
         let writer = std::thread::spawn(move || send_stream(w, blocks));
-        let ok = check_stream(&s, blocks);
+        let ok = check_stream(&s, 0, blocks);
         writer.join().unwrap();
         let _ = tx.send(ok);
     });
@@ -353,14 +355,22 @@ spec:
     )
 }
 
-/// 1 GiB each way through one passthrough connection arrives intact, in both relay modes; then
-/// 1,000 concurrent connections open and close and leave no map entry or fd behind.
-fn bulk_and_churn(mode: &str) {
+/// How the bulk client talks.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Client {
+    /// As TLS does: after its ClientHello the client waits for the server's first flight.
+    TakesTurns,
+    /// The client streams right behind its ClientHello (early data).
+    EarlyData,
+}
+
+/// `blocks` blocks each way through one passthrough connection arrive intact; then 1,000
+/// concurrent connections open and close and leave no map entry or fd behind.
+fn bulk_and_churn(mode: &str, talk: Client, blocks: u64) {
     testbed::require_root("the TLS passthrough end-to-end test").unwrap();
-    const GIB_BLOCKS: u64 = (1 << 30) / BLOCK as u64;
     let hello = client_hello("bulk.example.com");
     let (tx, rx) = std::sync::mpsc::channel();
-    let backend_port = bulk_backend(hello.len(), GIB_BLOCKS, tx);
+    let backend_port = bulk_backend(hello.len(), blocks, tx);
     let gw_port = free_port();
     let config = ConfigDir::new(
         &format!("bulk-{mode}"),
@@ -379,23 +389,51 @@ fn bulk_and_churn(mode: &str) {
 
     let mut s = std::net::TcpStream::connect(("127.0.0.1", gw_port)).unwrap();
     s.write_all(&hello).unwrap();
+    let first = if talk == Client::TakesTurns {
+        assert!(
+            check_stream(&s, 0, 1),
+            "the server's first bytes arrive ({mode})"
+        );
+        1
+    } else {
+        0
+    };
     let w = s.try_clone().unwrap();
-    let writer = std::thread::spawn(move || send_stream(w, GIB_BLOCKS));
+    let writer = std::thread::spawn(move || send_stream(w, blocks));
     assert!(
-        check_stream(&s, GIB_BLOCKS),
-        "1 GiB from the backend arrived intact ({mode})"
+        check_stream(&s, first, blocks),
+        "{blocks} blocks from the backend arrived intact ({mode}, {talk:?})"
     );
     writer.join().unwrap();
     assert!(
         rx.recv().unwrap(),
-        "1 GiB from the client arrived intact ({mode})"
+        "{blocks} blocks from the client arrived intact ({mode}, {talk:?})"
     );
     drop(s);
-    if mode == "sockmap" {
-        assert!(
-            splice_bytes(&agent) >= 2 << 30,
-            "both GiBs were spliced in the kernel"
-        );
+    let total = 2 * blocks * BLOCK as u64;
+    let metrics = agent.metrics().unwrap();
+    let metric = |name: &str| {
+        testbed::metric_value(&metrics, name, &[("route", "default/bulk")]).unwrap_or(0.0) as u64
+    };
+    match (mode, talk) {
+        ("sockmap", Client::TakesTurns) => {
+            assert!(
+                splice_bytes(&agent) >= total,
+                "both directions were spliced in the kernel"
+            );
+            assert!(
+                metric("nodegate_passthrough_spliced_bytes_total") >= total,
+                "/metrics reports the spliced bytes per route:\n{metrics}"
+            );
+            assert!(
+                metric("nodegate_passthrough_bytes_total") < total / 100,
+                "next to nothing crossed userspace:\n{metrics}"
+            );
+        }
+        _ => assert!(
+            metric("nodegate_passthrough_bytes_total") >= total,
+            "relayed in userspace and counted:\n{metrics}"
+        ),
     }
 
     // Churn: 1,000 concurrent connections to a backend that accepts and closes.
@@ -458,7 +496,20 @@ fn bulk_and_churn(mode: &str) {
     }
 }
 
+/// 1 GiB each way with the default splice: every byte after the ClientHello moves in the kernel.
+#[test]
+fn bulk_and_churn_sockmap() {
+    bulk_and_churn("sockmap", Client::TakesTurns, GIB_BLOCKS);
+}
+
+/// A client with early data under the splice mode is relayed in userspace, still intact.
+#[test]
+fn early_data_is_kept_in_order_sockmap() {
+    bulk_and_churn("sockmap", Client::EarlyData, GIB_BLOCKS / 8);
+}
+
+/// 1 GiB each way through the userspace relay, the client streaming right away.
 #[test]
 fn bulk_and_churn_userspace() {
-    bulk_and_churn("userspace");
+    bulk_and_churn("userspace", Client::EarlyData, GIB_BLOCKS);
 }

@@ -10,10 +10,11 @@ use std::{
 use anyhow::Context as _;
 use aya::{
     Ebpf,
-    maps::{HashMap, MapData, SockHash},
+    maps::{HashMap, MapData, PerCpuArray, SockHash},
     programs::SkSkb,
 };
 use gateway_common::{
+    counters::TrafficCounters,
     map_names,
     nat::{MAX_SPLICED_SOCKETS, SplicePeer},
     program_names,
@@ -22,6 +23,8 @@ use gateway_common::{
 /// Owns the splice maps (taken out of the object) and the key allocator.
 pub struct Splicer {
     inner: Mutex<Inner>,
+    /// `SPLICE_STATS`: per-CPU bytes the verdict program moved, per route counter index.
+    stats: PerCpuArray<MapData, TrafficCounters>,
 }
 
 struct Inner {
@@ -76,13 +79,23 @@ impl Splicer {
             ebpf.take_map(map_names::SPLICE_PEERS)
                 .context("SPLICE_PEERS map missing")?,
         )?;
+        let stats = PerCpuArray::try_from(
+            ebpf.take_map(map_names::SPLICE_STATS)
+                .context("SPLICE_STATS map missing")?,
+        )?;
         Ok(Splicer {
             inner: Mutex::new(Inner {
                 socks,
                 peers,
                 used: BTreeSet::new(),
             }),
+            stats,
         })
+    }
+
+    /// Bytes (and skbs) the kernel moved for the route counter index `route`, summed over CPUs.
+    pub fn spliced(&self, route: u32) -> anyhow::Result<TrafficCounters> {
+        Ok(super::stats::sum(&self.stats.get(&route, 0)?))
     }
 
     /// Puts a connection pair into the kernel: from now on bytes arriving on either socket are
@@ -105,41 +118,45 @@ impl Splicer {
                 .context("splice table full")?;
             inner.used.insert(*k);
         }
-        let spliced = Spliced {
+        let inserted = (|| -> anyhow::Result<()> {
+            for (cookie, peer_key) in [(cookies[0], keys[1]), (cookies[1], keys[0])] {
+                inner
+                    .peers
+                    .insert(cookie, SplicePeer { peer_key, route }, 0)?;
+            }
+            inner.socks.insert(keys[0], a.as_raw_fd(), 0)?;
+            inner.socks.insert(keys[1], b.as_raw_fd(), 0)?;
+            Ok(())
+        })();
+        if let Err(e) = inserted {
+            // A socket the kernel refuses (e.g. one the peer already closed): undo under the
+            // same lock, so nothing is left in the maps.
+            inner.forget(keys, cookies);
+            return Err(e.context("putting the pair into SPLICE_SOCKS"));
+        }
+        Ok(Spliced {
             splicer: self,
             keys,
             cookies,
-        };
-        inner.peers.insert(
-            cookies[0],
-            SplicePeer {
-                peer_key: keys[1],
-                route,
-            },
-            0,
-        )?;
-        inner.peers.insert(
-            cookies[1],
-            SplicePeer {
-                peer_key: keys[0],
-                route,
-            },
-            0,
-        )?;
-        inner.socks.insert(keys[0], a.as_raw_fd(), 0)?;
-        inner.socks.insert(keys[1], b.as_raw_fd(), 0)?;
-        Ok(spliced)
+        })
+    }
+}
+
+impl Inner {
+    /// Takes a pair out of the maps and frees its keys.
+    fn forget(&mut self, keys: [u32; 2], cookies: [u64; 2]) {
+        for (k, c) in keys.iter().zip(cookies) {
+            let _ = self.socks.remove(k);
+            let _ = self.peers.remove(&c);
+            self.used.remove(k);
+        }
     }
 }
 
 impl Drop for Spliced<'_> {
     fn drop(&mut self) {
         if let Ok(mut inner) = self.splicer.inner.lock() {
-            for (k, c) in self.keys.iter().zip(self.cookies) {
-                let _ = inner.socks.remove(k);
-                let _ = inner.peers.remove(&c);
-                inner.used.remove(k);
-            }
+            inner.forget(self.keys, self.cookies);
         }
     }
 }

@@ -33,7 +33,8 @@ pub struct DataplaneStats {
     pub backends: Vec<(std::net::SocketAddr, TrafficCounters, TrafficCounters)>,
 }
 
-fn sum(values: &PerCpuValues<TrafficCounters>) -> TrafficCounters {
+/// Sums one key's per-CPU counters.
+pub(super) fn sum(values: &PerCpuValues<TrafficCounters>) -> TrafficCounters {
     values
         .iter()
         .fold(TrafficCounters::default(), |acc, v| TrafficCounters {
