@@ -173,6 +173,8 @@ pub struct Objects {
     /// (namespace, service, port name) → resolved endpoints, filled by compiles and cleared when a
     /// Service or EndpointSlice changes: a compile after a route-only change reuses it.
     endpoint_cache: EndpointCache,
+    /// Endpoints on this node are preferred (see [`Objects::set_preferred_node`]).
+    preferred_node: Option<String>,
 }
 
 /// Memoised endpoint lists; shared lists so every rule using a Service holds one copy.
@@ -219,6 +221,21 @@ impl Objects {
         if let Some(old) = self.map.insert(key.clone(), object) {
             self.unindex(&key, &old);
         }
+    }
+
+    /// Prefer endpoints on `node`: when a Service port has usable endpoints whose EndpointSlice
+    /// `nodeName` is `node`, only those are used (cluster mode's `--prefer-local-endpoints`).
+    /// `None` (the default) uses every endpoint.
+    pub fn set_preferred_node(&mut self, node: Option<String>) {
+        self.preferred_node = node;
+        if let Ok(cache) = self.endpoint_cache.0.get_mut() {
+            cache.clear();
+        }
+    }
+
+    /// The node whose endpoints are preferred, if any.
+    pub fn preferred_node(&self) -> Option<&str> {
+        self.preferred_node.as_deref()
     }
 
     /// Removes an object.
