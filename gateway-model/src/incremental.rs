@@ -378,13 +378,28 @@ impl Compiler {
         for (i, (e, &new)) in entries.iter_mut().zip(&fresh).enumerate() {
             let overridden = overrides.contains_key(&i);
             let effective = overrides.get(&i).unwrap_or(&e.outcomes);
-            let placed = if e.is_http() {
+            let resolve_dirty = new
+                || grants_changed
+                || (!changed_services.is_empty()
+                    && e.deps.iter().any(|d| changed_services.contains(d)));
+            // Placement depends on the outcomes and the Gateways only.
+            let replace_outcomes = new || env_changed || overridden || e.overridden;
+            if !replace_outcomes && !resolve_dirty {
+                e.overridden = overridden;
+                problems.push(if e.is_http() && !e.placed.is_empty() {
+                    e.http_problem.clone().or_else(|| e.first_problem.clone())
+                } else {
+                    None
+                });
+                continue;
+            }
+            let placed = if !e.is_http() {
+                Vec::new()
+            } else if replace_outcomes {
                 placements(&gateways, &e.view, effective)
             } else {
-                Vec::new()
+                e.placed.clone()
             };
-            let resolve_dirty =
-                new || grants_changed || e.deps.iter().any(|d| changed_services.contains(d));
             if resolve_dirty {
                 e.first_problem = e.with_rules(|v| routes::first_ref_problem(objects, v));
             }
@@ -423,12 +438,16 @@ impl Compiler {
             .map(|(i, e)| overrides.get(&i).unwrap_or(&e.outcomes).as_slice())
             .collect();
         for outs in &effective {
-            let mut seen: Vec<(usize, usize)> = outs
-                .iter()
-                .flat_map(|o| o.attached.iter().copied())
-                .collect();
-            seen.sort_unstable();
-            seen.dedup();
+            let mut seen: Vec<(usize, usize)> = Vec::new();
+            if let [one] = outs
+                && let [gl] = one.attached[..]
+            {
+                seen.push(gl); // the common case, without sorting
+            } else {
+                seen.extend(outs.iter().flat_map(|o| o.attached.iter().copied()));
+                seen.sort_unstable();
+                seen.dedup();
+            }
             for (g, l) in seen {
                 let count = &mut gateways[g].listeners[l].attached_routes;
                 *count = count.saturating_add(1);
