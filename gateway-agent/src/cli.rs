@@ -19,7 +19,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the agent: load the data plane and serve the Gateways of our class.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Compile a directory of Gateway API YAML and print every object's status.
     Check(CheckArgs),
 }
@@ -103,6 +103,41 @@ pub struct RunArgs {
     /// How often the connection table is swept.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub aging_interval: std::time::Duration,
+    #[command(flatten)]
+    pub kube: KubeArgs,
+}
+
+/// Cluster-mode settings (`run --kube`).
+#[derive(Debug, Args)]
+pub struct KubeArgs {
+    /// This node's name: the status-writer Lease identity and the Events' reportingInstance.
+    /// Defaults to the host name.
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Namespace of the status-writer Lease (the agent's own namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "nodegate-system")]
+    pub lease_namespace: String,
+    /// leaseDurationSeconds of the status-writer Lease: the holder renews every third of it, and
+    /// another agent takes over once the holder has not renewed for this long.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    pub lease_duration: std::time::Duration,
+    /// Never write statuses or Events (watch only), whatever the Lease says.
+    #[arg(long)]
+    pub no_status: bool,
+    /// Prefer endpoints on this node: when a Service has ready endpoints whose EndpointSlice
+    /// nodeName is this node, only those are used.
+    #[arg(long)]
+    pub prefer_local_endpoints: bool,
+    /// Testing: the API server's URL, used without credentials (e.g. `kubectl proxy`'s). Without
+    /// it: the in-cluster config, else the kubeconfig (KUBECONFIG, ~/.kube/config).
+    #[arg(long, hide = true, value_name = "URL")]
+    pub kube_api: Option<String>,
+    /// How often a kind the API server does not serve (CRD not installed) is tried again.
+    #[arg(long, hide = true, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub kube_missing_retry: std::time::Duration,
+    /// Longest pause between watch retries (exponential backoff from 200ms).
+    #[arg(long, hide = true, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub kube_max_backoff: std::time::Duration,
 }
 
 fn parse_port_range(s: &str) -> Result<(u16, u16), String> {

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::Parser as _;
 use gateway_model::CompileOptions;
-use tokio::sync::{Mutex, watch};
+use tokio::sync::{Mutex, mpsc, watch};
 use tracing_subscriber::EnvFilter;
 
 use crate::{snapshot::Snapshot, source::file::ConfigDir};
@@ -35,7 +35,7 @@ fn main() -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(run(args))
+            rt.block_on(run(*args))
         }
         cli::Command::Check(args) => check::run(&args),
     }
@@ -52,15 +52,12 @@ pub fn compile_options(bind_address: std::net::IpAddr) -> CompileOptions {
 }
 
 async fn run(args: cli::RunArgs) -> anyhow::Result<()> {
-    let Some(dir) = args.source.config_dir.clone() else {
-        anyhow::bail!("--kube is not available yet (issue 8); use --config-dir");
-    };
-    let mut config = ConfigDir::default();
-    let reading = config.read(&dir)?;
-    log_file_errors(&reading.errors);
+    let mut source = Source::start(&args).await?;
+    let first_reading = source.take_first();
+    log_file_errors(&first_reading.errors);
     let first = Arc::new(Snapshot::compile(
         1,
-        reading,
+        first_reading,
         &compile_options(args.bind_address),
     ));
     let (snapshots, mut updates) = watch::channel(first.clone());
@@ -148,26 +145,21 @@ async fn run(args: cli::RunArgs) -> anyhow::Result<()> {
         }
     });
 
-    // Source: re-read and recompile on every (debounced) change under the directory.
+    // Source: recompile on every (debounced) change of the directory or the cluster.
     let admin_snapshots = snapshots.subscribe();
-    let (_watcher, mut changes) = source::file::watch(&dir)?;
+    if let Source::Kube(kube) = &mut source {
+        kube.write_statuses(snapshots.subscribe());
+    }
+    let mut readings = source.readings();
     let bind_address = args.bind_address;
     let source_task = tokio::spawn(async move {
         let mut generation = 1;
-        while changes.recv().await.is_some() {
-            match config.read(&dir) {
-                Ok(reading) => {
-                    log_file_errors(&reading.errors);
-                    generation += 1;
-                    let snap =
-                        Snapshot::compile(generation, reading, &compile_options(bind_address));
-                    tracing::info!(generation, "configuration reloaded");
-                    let _ = snapshots.send(Arc::new(snap));
-                }
-                Err(e) => {
-                    tracing::error!(error = %format!("{e:#}"), "reading the config directory failed; keeping the last model")
-                }
-            }
+        while let Some(reading) = readings.recv().await {
+            log_file_errors(&reading.errors);
+            generation += 1;
+            let snap = Snapshot::compile(generation, reading, &compile_options(bind_address));
+            tracing::info!(generation, "configuration reloaded");
+            let _ = snapshots.send(Arc::new(snap));
         }
     });
 
@@ -182,6 +174,7 @@ async fn run(args: cli::RunArgs) -> anyhow::Result<()> {
     shutdown_signal().await;
     tracing::info!("shutting down");
     source_task.abort();
+    drop(source);
     dataplane_task.abort();
     proxy_task.abort();
     aging_task.abort();
@@ -194,6 +187,95 @@ async fn run(args: cli::RunArgs) -> anyhow::Result<()> {
         dataplane.lock().await.shutdown();
     }
     Ok(())
+}
+
+/// Where the objects come from: a directory or the cluster.
+enum Source {
+    /// `--config-dir`: re-read on change; `watcher` must be kept alive.
+    File {
+        first: Option<source::file::Reading>,
+        readings: Option<mpsc::Receiver<source::file::Reading>>,
+        _watcher: notify::RecommendedWatcher,
+    },
+    /// `--kube`.
+    Kube(Box<source::kube::KubeSource>),
+}
+
+impl Source {
+    /// Reads the first configuration and starts following changes.
+    async fn start(args: &cli::RunArgs) -> anyhow::Result<Self> {
+        let Some(dir) = args.source.config_dir.clone() else {
+            let k = &args.kube;
+            let node_name = match &k.node_name {
+                Some(n) => n.clone(),
+                None => hostname().context("no --node-name / NODE_NAME and no host name")?,
+            };
+            let opts = source::kube::KubeOptions {
+                api: k.kube_api.clone(),
+                node_name,
+                lease_namespace: k.lease_namespace.clone(),
+                lease_name: "nodegate-status-writer".into(),
+                lease_duration: k.lease_duration,
+                missing_retry: k.kube_missing_retry,
+                max_backoff: k.kube_max_backoff,
+                write_status: !k.no_status,
+                prefer_local_endpoints: k.prefer_local_endpoints,
+            };
+            return Ok(Source::Kube(Box::new(
+                source::kube::KubeSource::start(opts).await?,
+            )));
+        };
+        let mut config = ConfigDir::default();
+        let first = config.read(&dir)?;
+        let (watcher, mut changes) = source::file::watch(&dir)?;
+        let (tx, readings) = mpsc::channel(1);
+        tokio::spawn(async move {
+            while changes.recv().await.is_some() {
+                match config.read(&dir) {
+                    Ok(reading) => {
+                        if tx.send(reading).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %format!("{e:#}"), "reading the config directory failed; keeping the last model")
+                    }
+                }
+            }
+        });
+        Ok(Source::File {
+            first: Some(first),
+            readings: Some(readings),
+            _watcher: watcher,
+        })
+    }
+
+    /// The first reading (once).
+    fn take_first(&mut self) -> source::file::Reading {
+        match self {
+            Source::File { first, .. } => first.take().expect("first reading taken once"),
+            Source::Kube(k) => k.take_first(),
+        }
+    }
+
+    /// The later readings (once).
+    fn readings(&mut self) -> mpsc::Receiver<source::file::Reading> {
+        match self {
+            Source::File { readings, .. } => readings.take().expect("readings taken once"),
+            Source::Kube(k) => k.take_readings(),
+        }
+    }
+}
+
+/// The host name (the Lease identity when no node name is given).
+fn hostname() -> anyhow::Result<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it on success.
+    if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    Ok(String::from_utf8_lossy(&buf[..end]).into_owned())
 }
 
 fn log_file_errors(errors: &[source::file::FileError]) {

@@ -9,13 +9,13 @@ use crate::{
     hostname,
     objects::{Kind, Objects},
     refs::{GATEWAY_GROUP, ParentRef},
-    routes::RouteRules,
 };
 
 /// (gateway index, listener index).
 pub(crate) type ListenerIdx = (usize, usize);
 
 /// The outcome of one parentRef of a route.
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct ParentOutcome {
     /// The parentRef as written.
     pub parent_ref: ParentRef,
@@ -28,27 +28,17 @@ pub(crate) struct ParentOutcome {
     pub attached: Vec<ListenerIdx>,
 }
 
-/// Attaches every route; `outcomes[i]` holds route i's parentRefs that name a Gateway of ours.
-pub(crate) fn attach_all(
-    objects: &Objects,
-    gateways: &[GatewayState],
-    routes: &[RouteView],
-) -> Vec<Vec<ParentOutcome>> {
-    let index: BTreeMap<(&str, &str), usize> = gateways
+/// Gateways of ours by (namespace, name).
+pub(crate) fn gateway_index(gateways: &[GatewayState]) -> BTreeMap<(&str, &str), usize> {
+    gateways
         .iter()
         .enumerate()
         .map(|(i, g)| ((g.namespace.as_str(), g.name.as_str()), i))
-        .collect();
-    let mut outcomes: Vec<Vec<ParentOutcome>> = routes
-        .iter()
-        .map(|r| attach(objects, gateways, &index, r))
-        .collect();
-    http_and_grpc_hostnames_do_not_overlap(gateways, routes, &mut outcomes);
-    outcomes
+        .collect()
 }
 
 /// Attaches one route to the listeners its parentRefs select.
-fn attach(
+pub(crate) fn attach(
     objects: &Objects,
     gateways: &[GatewayState],
     index: &BTreeMap<(&str, &str), usize>,
@@ -150,10 +140,7 @@ fn attach_one(
         return outcome;
     }
     // A route whose every rule is invalid is "the full Route" being ignored.
-    let rule_count = match &r.rules {
-        RouteRules::Http(rules) | RouteRules::Grpc(rules) => rules.len(),
-        RouteRules::L4(_) => usize::MAX,
-    };
+    let rule_count = r.rule_count;
     if rule_count > 0 && r.invalid_rules.len() == rule_count {
         let (reason, message) = &r.invalid_rules[0].1;
         reject(reason, format!("every rule is invalid; rule 0: {message}"));
@@ -174,11 +161,22 @@ pub(crate) fn has_hostnames(kind: Kind) -> bool {
 /// accept exactly one of these two routes, determined by ... the oldest Route based on creation
 /// timestamp ... the Route appearing first in alphabetical order by {namespace}/{name}. The
 /// rejected Route MUST raise an 'Accepted' condition with a status of 'False'."
-fn http_and_grpc_hostnames_do_not_overlap(
+///
+/// Returns the outcomes of the routes that lose, by route index; the others keep theirs.
+pub(crate) fn http_and_grpc_hostnames_do_not_overlap(
     gateways: &[GatewayState],
-    routes: &[RouteView],
-    outcomes: &mut [Vec<ParentOutcome>],
-) {
+    routes: &[&RouteView],
+    outcomes: &[&[ParentOutcome]],
+) -> BTreeMap<usize, Vec<ParentOutcome>> {
+    let mut overrides: BTreeMap<usize, Vec<ParentOutcome>> = BTreeMap::new();
+    // Without an attached GRPCRoute no listener holds both kinds.
+    let any_grpc = routes
+        .iter()
+        .zip(outcomes)
+        .any(|(r, outs)| r.kind == Kind::GRPCRoute && outs.iter().any(|o| !o.attached.is_empty()));
+    if !any_grpc {
+        return overrides;
+    }
     let mut by_listener: BTreeMap<ListenerIdx, (Vec<usize>, Vec<usize>)> = BTreeMap::new();
     for (ri, outs) in outcomes.iter().enumerate() {
         for gl in outs.iter().flat_map(|o| &o.attached) {
@@ -215,7 +213,10 @@ fn http_and_grpc_hostnames_do_not_overlap(
             }
         }
         for (newer, older) in losers {
-            for o in outcomes[newer].iter_mut() {
+            let outs = overrides
+                .entry(newer)
+                .or_insert_with(|| outcomes[newer].to_vec());
+            for o in outs.iter_mut() {
                 let before = o.attached.len();
                 o.attached.retain(|&gl| gl != (g, l));
                 if before != o.attached.len() && o.attached.is_empty() && o.accepted.is_ok() {
@@ -234,17 +235,26 @@ fn http_and_grpc_hostnames_do_not_overlap(
             }
         }
     }
+    overrides
 }
 
 /// The routes attached to each listener, oldest first (creationTimestamp, then namespace/name),
 /// which is the order in which they claim what only one route may hold.
 pub(crate) type ByListener = BTreeMap<ListenerIdx, Vec<usize>>;
 
-/// Indexes the attachments by listener.
-pub(crate) fn by_listener(routes: &[RouteView], outcomes: &[Vec<ParentOutcome>]) -> ByListener {
+/// Indexes the attachments of the listeners `wanted` selects (the ones that serve routes in
+/// age order: TCP, UDP and TLS), oldest route first.
+pub(crate) fn by_listener(
+    routes: &[&RouteView],
+    outcomes: &[&[ParentOutcome]],
+    wanted: impl Fn(ListenerIdx) -> bool,
+) -> ByListener {
     let mut out: ByListener = BTreeMap::new();
     for (ri, outs) in outcomes.iter().enumerate() {
         for gl in outs.iter().flat_map(|o| &o.attached) {
+            if !wanted(*gl) {
+                continue;
+            }
             let list = out.entry(*gl).or_default();
             if list.last() != Some(&ri) {
                 list.push(ri);

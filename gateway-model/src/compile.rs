@@ -1,24 +1,17 @@
 //! `compile`: objects in, model and statuses out.
 
-use std::{
-    collections::BTreeMap,
-    net::{IpAddr, SocketAddr},
-};
+use std::net::IpAddr;
 
 use serde_json::{Value, json};
 
 use crate::{
-    attach::{self, ByListener},
-    gateway::{self, GatewayState, Protocol, gateway_state},
-    hostname,
-    http::HttpRule,
-    l4,
-    model::{HttpListener, Model, VirtualHost},
+    attach::ParentOutcome,
+    gateway::GatewayState,
+    model::Model,
     objects::{Kind, Object, Objects, name_of, namespace_of},
     refs::{GATEWAY_GROUP, ParentRef, RefProblem, normalize},
     routes::{self, RouteRules},
     status::{Condition, ObjectStatus, conditions_json},
-    tls,
 };
 
 /// The controller name nodegate answers for.
@@ -55,6 +48,7 @@ pub struct Compiled {
 }
 
 /// A route in the common shape.
+#[derive(Debug)]
 pub(crate) struct RouteView {
     pub kind: Kind,
     pub namespace: String,
@@ -66,6 +60,9 @@ pub(crate) struct RouteView {
     pub rules: RouteRules,
     /// Rules dropped as invalid, with the spec's reason.
     pub invalid_rules: Vec<(usize, routes::RuleProblem)>,
+    /// How many rules the route has (`usize::MAX` for TCP/UDP/TLS routes); kept when a cached
+    /// view drops the JSON of its rules.
+    pub rule_count: usize,
 }
 
 impl RouteView {
@@ -81,14 +78,22 @@ impl RouteView {
     }
 }
 
-/// HTTP listeners by socket, with their rules by hostname pattern.
-type HttpSockets = BTreeMap<SocketAddr, (HttpListener, BTreeMap<Option<String>, Vec<HttpRule>>)>;
-
-/// Compiles every object into the model and the statuses.
+/// Compiles every object into the model and the statuses. The same as one
+/// [`Compiler::update`](crate::Compiler::update) of a new [`Compiler`](crate::Compiler); hold a
+/// `Compiler` instead to recompile cheaply after a few objects changed.
 pub fn compile(objects: &Objects, opts: &CompileOptions) -> Compiled {
+    let mut compiler = crate::Compiler::new(opts.clone());
+    compiler.update(objects);
+    compiler.into_compiled()
+}
+
+/// GatewayClass statuses and the names of our classes.
+pub(crate) fn class_statuses(
+    objects: &Objects,
+    opts: &CompileOptions,
+) -> (Vec<ObjectStatus>, Vec<String>) {
     let time = opts.transition_time.as_str();
     let mut statuses = Vec::new();
-
     // GatewayClasses: ours are those naming our controller.
     let mut our_classes = Vec::new();
     for o in objects.of_kind(Kind::GatewayClass) {
@@ -116,202 +121,66 @@ pub fn compile(objects: &Objects, opts: &CompileOptions) -> Compiled {
         });
         our_classes.push(name);
     }
-
-    // Gateways of our classes.
-    let mut gateways: Vec<GatewayState> = Vec::new();
-    for o in objects.of_kind(Kind::Gateway) {
-        let Object::Gateway(gw) = o else { continue };
-        if our_classes.contains(&gw.spec.gateway_class_name) {
-            gateways.push(gateway_state(objects, gw, opts.default_bind_address));
-        }
-    }
-    gateway::mark_socket_conflicts(&mut gateways);
-
-    // Routes of every kind, attached to listeners.
-    let routes = routes::collect(objects);
-    let outcomes = attach::attach_all(objects, &gateways, &routes);
-    let attached = attach::by_listener(&routes, &outcomes);
-    for (&(g, l), list) in &attached {
-        gateways[g].listeners[l].attached_routes = u32::try_from(list.len()).unwrap_or(u32::MAX);
-    }
-
-    // The model: only valid listeners are served.
-    let mut model = Model::default();
-    let mut rule_problems: Vec<Option<RefProblem>> = vec![None; routes.len()];
-    l4::build(
-        objects,
-        &gateways,
-        &routes,
-        &attached,
-        &mut model,
-        &mut rule_problems,
-    );
-    build_http(
-        objects,
-        &gateways,
-        &routes,
-        &attached,
-        &mut model,
-        &mut rule_problems,
-    );
-    tls::build(
-        objects,
-        &gateways,
-        &routes,
-        &attached,
-        &mut model,
-        &mut rule_problems,
-    );
-    // Routes not compiled anywhere (not attached, or an L4 route that lost its listener) still
-    // report their unresolved references.
-    for (i, r) in routes.iter().enumerate() {
-        if rule_problems[i].is_none() {
-            rule_problems[i] = routes::first_ref_problem(objects, r);
-        }
-    }
-
-    // Gateway statuses.
-    for g in &gateways {
-        statuses.push(gateway_status(g, time));
-    }
-    // Route statuses.
-    for (i, r) in routes.iter().enumerate() {
-        if outcomes[i].is_empty() {
-            continue;
-        }
-        let resolved = match &rule_problems[i] {
-            None => Condition::ok("ResolvedRefs", "ResolvedRefs", "all references resolved"),
-            Some(p) => Condition::fail("ResolvedRefs", p.reason, p.message.clone()),
-        };
-        let parents: Vec<Value> = outcomes[i]
-            .iter()
-            .map(|o| {
-                let mut conditions = vec![
-                    match &o.accepted {
-                        Ok(()) => Condition::ok("Accepted", "Accepted", "route accepted"),
-                        Err((reason, message)) => {
-                            Condition::fail("Accepted", reason, message.clone())
-                        }
-                    },
-                    resolved.clone(),
-                ];
-                // "Drop Rule(s): ... The message for this condition MUST start with the prefix
-                // 'Dropped Rule' ... the Accepted condition MUST be set to True". "This condition
-                // MUST NOT be set if a Route is fully valid, fully invalid, or not accepted."
-                if o.accepted.is_ok() && !r.invalid_rules.is_empty() {
-                    let (reason, _) = &r.invalid_rules[0].1;
-                    let detail: Vec<String> = r
-                        .invalid_rules
-                        .iter()
-                        .map(|(i, (_, m))| format!("rule {i}: {m}"))
-                        .collect();
-                    conditions.push(Condition {
-                        type_: "PartiallyInvalid",
-                        status: true,
-                        reason,
-                        message: format!("Dropped Rule(s): {}", detail.join("; ")),
-                    });
-                }
-                json!({
-                    "parentRef": o.parent_ref,
-                    "controllerName": opts.controller_name,
-                    "conditions": conditions_json(&conditions, r.generation, time),
-                })
-            })
-            .collect();
-        statuses.push(ObjectStatus {
-            api_version: format!("{GATEWAY_GROUP}/{}", routes::served_version(r.kind)),
-            kind: r.kind.as_str().into(),
-            namespace: r.namespace.clone(),
-            name: r.name.clone(),
-            status: json!({ "parents": parents }),
-        });
-    }
-    Compiled { model, statuses }
+    (statuses, our_classes)
 }
 
-/// HTTP and HTTPS listeners, one [`HttpListener`] per bound socket: Gateway listeners sharing a
-/// port are told apart by hostname, so their routes go to per-hostname virtual hosts, each with
-/// its rules in the spec's precedence order.
-fn build_http(
-    objects: &Objects,
-    gateways: &[GatewayState],
-    routes: &[RouteView],
-    attached: &ByListener,
-    model: &mut Model,
-    problems: &mut [Option<RefProblem>],
-) {
-    let mut by_socket: HttpSockets = BTreeMap::new();
-    for (gi, g) in gateways.iter().enumerate() {
-        for (li, l) in g.listeners.iter().enumerate() {
-            let tls = match l.protocol {
-                Some(Protocol::Http) if l.programmable() => false,
-                Some(Protocol::Https) if l.programmable() => true,
-                _ => continue,
-            };
-            let here = attached
-                .get(&(gi, li))
-                .map(Vec::as_slice)
-                .unwrap_or_default();
-            for ip in &g.addresses {
-                let address = SocketAddr::new(*ip, l.port);
-                let (listener, hosts) = by_socket.entry(address).or_insert_with(|| {
-                    (
-                        HttpListener {
-                            names: Vec::new(),
-                            address,
-                            tls: tls.then(Vec::new),
-                            hosts: Vec::new(),
-                            exact_hosts: Default::default(),
-                        },
-                        BTreeMap::new(),
-                    )
+/// The status of a route with at least one parentRef of ours.
+pub(crate) fn route_status(
+    r: &RouteView,
+    outcomes: &[ParentOutcome],
+    problem: &Option<RefProblem>,
+    opts: &CompileOptions,
+) -> ObjectStatus {
+    let time = opts.transition_time.as_str();
+    let resolved = match problem {
+        None => Condition::ok("ResolvedRefs", "ResolvedRefs", "all references resolved"),
+        Some(p) => Condition::fail("ResolvedRefs", p.reason, p.message.clone()),
+    };
+    let parents: Vec<Value> = outcomes
+        .iter()
+        .map(|o| {
+            let mut conditions = vec![
+                match &o.accepted {
+                    Ok(()) => Condition::ok("Accepted", "Accepted", "route accepted"),
+                    Err((reason, message)) => Condition::fail("Accepted", reason, message.clone()),
+                },
+                resolved.clone(),
+            ];
+            // "Drop Rule(s): ... The message for this condition MUST start with the prefix
+            // 'Dropped Rule' ... the Accepted condition MUST be set to True". "This condition
+            // MUST NOT be set if a Route is fully valid, fully invalid, or not accepted."
+            if o.accepted.is_ok() && !r.invalid_rules.is_empty() {
+                let (reason, _) = &r.invalid_rules[0].1;
+                let detail: Vec<String> = r
+                    .invalid_rules
+                    .iter()
+                    .map(|(i, (_, m))| format!("rule {i}: {m}"))
+                    .collect();
+                conditions.push(Condition {
+                    type_: "PartiallyInvalid",
+                    status: true,
+                    reason,
+                    message: format!("Dropped Rule(s): {}", detail.join("; ")),
                 });
-                listener.names.push(format!("{}/{}", g.id(), l.name));
-                if let Some(certs) = listener.tls.as_mut() {
-                    certs.extend(l.certificates.iter().cloned());
-                }
-                // Without any route, the listener's own hostname still gets a (404) virtual host.
-                hosts.entry(l.hostname.clone()).or_default();
-                for &ri in here {
-                    let r = &routes[ri];
-                    let Some(patterns) = hostname::intersect(l.hostname.as_deref(), &r.hostnames)
-                    else {
-                        continue;
-                    };
-                    let rules = routes::http_rules(objects, r, &mut problems[ri]);
-                    for p in patterns {
-                        hosts.entry(p).or_default().extend(rules.iter().cloned());
-                    }
-                }
             }
-        }
-    }
-    for (_, (mut listener, hosts)) in by_socket {
-        let mut hosts: Vec<VirtualHost> = hosts
-            .into_iter()
-            .map(|(hostname, mut rules)| {
-                rules.sort_by(|a, b| crate::http::precedence(&a.order, &b.order));
-                VirtualHost { hostname, rules }
+            json!({
+                "parentRef": o.parent_ref,
+                "controllerName": opts.controller_name,
+                "conditions": conditions_json(&conditions, r.generation, time),
             })
-            .collect();
-        hosts.sort_by_key(|h| hostname::order_key(&h.hostname));
-        listener.exact_hosts = hosts
-            .iter()
-            .enumerate()
-            .filter_map(|(i, h)| {
-                h.hostname
-                    .as_ref()
-                    .filter(|n| !n.starts_with("*."))
-                    .map(|n| (n.clone(), i))
-            })
-            .collect();
-        listener.hosts = hosts;
-        model.http.push(listener);
+        })
+        .collect();
+    ObjectStatus {
+        api_version: format!("{GATEWAY_GROUP}/{}", routes::served_version(r.kind)),
+        kind: r.kind.as_str().into(),
+        namespace: r.namespace.clone(),
+        name: r.name.clone(),
+        status: json!({ "parents": parents }),
     }
 }
 
-fn gateway_status(g: &GatewayState, time: &str) -> ObjectStatus {
+/// A Gateway's status.
+pub(crate) fn gateway_status(g: &GatewayState, time: &str) -> ObjectStatus {
     let valid = g.listeners.iter().filter(|l| l.programmable()).count();
     let accepted = match (&g.address_problem, valid, g.listeners.len()) {
         (Some((r, m)), _, _) => Condition::fail("Accepted", r, m.clone()),

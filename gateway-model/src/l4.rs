@@ -55,7 +55,7 @@ pub(crate) fn weighted_endpoints(
 pub(crate) fn build(
     objects: &Objects,
     gateways: &[GatewayState],
-    routes: &[RouteView],
+    routes: &[&RouteView],
     attached: &ByListener,
     model: &mut Model,
     problems: &mut [Option<RefProblem>],
@@ -71,7 +71,7 @@ pub(crate) fn build(
             let route = attached
                 .get(&(gi, li))
                 .and_then(|list| list.first())
-                .map(|&ri| (ri, &routes[ri]));
+                .map(|&ri| (ri, routes[ri]));
             let mut backends = Vec::new();
             if let Some((ri, r)) = route
                 && let RouteRules::L4(refs) = &r.rules

@@ -10,6 +10,7 @@ pub mod compile;
 pub mod gateway;
 pub mod hostname;
 pub mod http;
+mod incremental;
 mod l4;
 pub mod model;
 pub mod objects;
@@ -20,6 +21,7 @@ pub mod status;
 mod tls;
 
 pub use compile::{CONTROLLER_NAME, CompileOptions, Compiled, compile};
+pub use incremental::Compiler;
 pub use model::Model;
 pub use objects::{Kind, Object, ObjectKey, Objects};
 pub use routes::parse_duration;

@@ -79,11 +79,13 @@ pub struct HttpListener {
     /// Certificates when TLS is terminated here (HTTPS), chosen by SNI.
     pub tls: Option<Vec<Certificate>>,
     /// Virtual hosts in match order: exact hostnames, then wildcards longest first, then "any".
-    pub hosts: Vec<VirtualHost>,
+    /// Shared (`Arc`) so cloning a model, or recompiling after one route changed, copies
+    /// pointers rather than rules.
+    pub hosts: Vec<std::sync::Arc<VirtualHost>>,
     /// Exact hostname → index in `hosts`, so a request finds its host in O(1) however many
     /// routes there are; wildcard and catch-all hosts are scanned after it.
     #[serde(skip)]
-    pub exact_hosts: std::collections::HashMap<String, usize>,
+    pub exact_hosts: std::sync::Arc<std::collections::HashMap<String, usize>>,
 }
 
 /// The rules that serve one hostname pattern.
@@ -191,7 +193,7 @@ impl HttpListener {
         let host = strip_port(host).to_ascii_lowercase();
         let host = host.strip_suffix('.').unwrap_or(&host);
         if let Some(&i) = self.exact_hosts.get(host) {
-            return self.hosts.get(i);
+            return self.hosts.get(i).map(|h| &**h);
         }
         let first_pattern = self.exact_hosts.len();
         self.hosts[first_pattern.min(self.hosts.len())..]
@@ -200,6 +202,7 @@ impl HttpListener {
                 None => true,
                 Some(h) => crate::hostname::matches(h, host),
             })
+            .map(|h| &**h)
     }
 
     /// The first rule that matches the request, in the spec's precedence order.

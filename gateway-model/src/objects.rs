@@ -67,7 +67,7 @@ impl Kind {
 }
 
 /// One object of a kind nodegate reads.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 #[allow(
     clippy::large_enum_variant,
     reason = "objects are built once per read and kept in a map"
@@ -166,13 +166,17 @@ pub struct ObjectKey {
 /// A snapshot of every input object.
 #[derive(Debug, Clone, Default)]
 pub struct Objects {
-    map: BTreeMap<ObjectKey, Object>,
+    /// Shared so a [`crate::Compiler`] can keep what it compiled and recognise an unchanged
+    /// object by pointer.
+    map: BTreeMap<ObjectKey, std::sync::Arc<Object>>,
     /// (namespace, `kubernetes.io/service-name` label) → EndpointSlice names: kept on every
     /// insert and remove so resolving a Service's endpoints never scans every slice.
     slices_by_service: BTreeMap<(String, String), BTreeSet<String>>,
     /// (namespace, service, port name) → resolved endpoints, filled by compiles and cleared when a
     /// Service or EndpointSlice changes: a compile after a route-only change reuses it.
     endpoint_cache: EndpointCache,
+    /// Endpoints on this node are preferred (see [`Objects::set_preferred_node`]).
+    preferred_node: Option<String>,
 }
 
 /// Memoised endpoint lists; shared lists so every rule using a Service holds one copy.
@@ -216,9 +220,24 @@ impl Objects {
                 .or_default()
                 .insert(key.name.clone());
         }
-        if let Some(old) = self.map.insert(key.clone(), object) {
+        if let Some(old) = self.map.insert(key.clone(), std::sync::Arc::new(object)) {
             self.unindex(&key, &old);
         }
+    }
+
+    /// Prefer endpoints on `node`: when a Service port has usable endpoints whose EndpointSlice
+    /// `nodeName` is `node`, only those are used (cluster mode's `--prefer-local-endpoints`).
+    /// `None` (the default) uses every endpoint.
+    pub fn set_preferred_node(&mut self, node: Option<String>) {
+        self.preferred_node = node;
+        if let Ok(cache) = self.endpoint_cache.0.get_mut() {
+            cache.clear();
+        }
+    }
+
+    /// The node whose endpoints are preferred, if any.
+    pub fn preferred_node(&self) -> Option<&str> {
+        self.preferred_node.as_deref()
     }
 
     /// Removes an object.
@@ -226,7 +245,7 @@ impl Objects {
         let old = self.map.remove(key)?;
         self.invalidate(key.kind);
         self.unindex(key, &old);
-        Some(old)
+        Some(std::sync::Arc::unwrap_or_clone(old))
     }
 
     fn invalidate(&mut self, kind: Kind) {
@@ -264,7 +283,7 @@ impl Objects {
         let still = self
             .map
             .get(key)
-            .and_then(slice_owner)
+            .and_then(|o| slice_owner(o))
             .is_some_and(|o| o == owner);
         if !still && let Some(names) = self.slices_by_service.get_mut(&owner) {
             names.remove(&key.name);
@@ -294,11 +313,13 @@ impl Objects {
 
     /// Looks an object up.
     pub fn get(&self, kind: Kind, namespace: &str, name: &str) -> Option<&Object> {
-        self.map.get(&ObjectKey {
-            kind,
-            namespace: namespace.to_string(),
-            name: name.to_string(),
-        })
+        self.map
+            .get(&ObjectKey {
+                kind,
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+            })
+            .map(|o| &**o)
     }
 
     /// How many objects there are.
@@ -313,11 +334,19 @@ impl Objects {
 
     /// Every object, in key order.
     pub fn iter(&self) -> impl Iterator<Item = &Object> {
-        self.map.values()
+        self.map.values().map(|o| &**o)
     }
 
     /// Every object of one kind, in (namespace, name) order.
     pub fn of_kind(&self, kind: Kind) -> impl Iterator<Item = &Object> {
+        self.of_kind_shared(kind).map(|(_, v)| &**v)
+    }
+
+    /// Every object of one kind with its key, as the shared values the map holds.
+    pub(crate) fn of_kind_shared(
+        &self,
+        kind: Kind,
+    ) -> impl Iterator<Item = (&ObjectKey, &std::sync::Arc<Object>)> {
         self.map
             .range(
                 ObjectKey {
@@ -327,7 +356,6 @@ impl Objects {
                 }..,
             )
             .take_while(move |(k, _)| k.kind == kind)
-            .map(|(_, v)| v)
     }
 }
 

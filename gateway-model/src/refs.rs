@@ -211,6 +211,8 @@ pub fn resolve_backend(
 pub fn endpoints(objects: &Objects, svc: &Service, port_name: Option<&str>) -> Vec<SocketAddr> {
     let ns = namespace_of(&svc.metadata);
     let name = name_of(&svc.metadata);
+    let preferred = objects.preferred_node();
+    // (address, on the preferred node)
     let mut ready = Vec::new();
     let mut terminating = Vec::new();
     for slice in objects.endpoint_slices(ns, name) {
@@ -230,20 +232,27 @@ pub fn endpoints(objects: &Objects, svc: &Service, port_name: Option<&str>) -> V
             let is_ready = c.and_then(|c| c.ready).unwrap_or(true);
             let serving = c.and_then(|c| c.serving).unwrap_or(is_ready);
             let is_terminating = c.and_then(|c| c.terminating).unwrap_or(false);
+            let local = preferred.is_some() && ep.node_name.as_deref() == preferred;
             for a in &ep.addresses {
                 let Ok(ip) = a.parse::<IpAddr>() else {
                     continue;
                 };
                 let addr = SocketAddr::new(ip, port);
                 if is_ready && !is_terminating {
-                    ready.push(addr);
+                    ready.push((addr, local));
                 } else if serving && is_terminating {
-                    terminating.push(addr);
+                    terminating.push((addr, local));
                 }
             }
         }
     }
-    let mut out = if ready.is_empty() { terminating } else { ready };
+    let chosen = if ready.is_empty() { terminating } else { ready };
+    let any_local = chosen.iter().any(|(_, local)| *local);
+    let mut out: Vec<SocketAddr> = chosen
+        .into_iter()
+        .filter(|(_, local)| *local || !any_local)
+        .map(|(a, _)| a)
+        .collect();
     out.sort();
     out.dedup();
     out

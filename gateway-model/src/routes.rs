@@ -18,6 +18,7 @@ use crate::{
 };
 
 /// The rules of a route, by family.
+#[derive(Debug)]
 pub(crate) enum RouteRules {
     /// HTTPRoute rules as JSON.
     Http(Vec<Value>),
@@ -50,61 +51,114 @@ fn l4_refs<T: serde::Serialize>(rules: &[T]) -> Vec<BackendRef> {
         .collect()
 }
 
-/// Every route in the objects, in kind/namespace/name order.
-pub(crate) fn collect(objects: &Objects) -> Vec<RouteView> {
-    let mut out = Vec::new();
-    for o in objects.iter() {
-        let (kind, meta, parents, hostnames, rules) = match o {
-            Object::HTTPRoute(r) => (
-                Kind::HTTPRoute,
-                &r.metadata,
-                parent_refs(r.spec.parent_refs.as_ref()),
-                r.spec.hostnames.clone().unwrap_or_default(),
-                RouteRules::Http(json_rules(r.spec.rules.as_deref().unwrap_or_default())),
-            ),
-            Object::GRPCRoute(r) => (
-                Kind::GRPCRoute,
-                &r.metadata,
-                parent_refs(r.spec.parent_refs.as_ref()),
-                r.spec.hostnames.clone().unwrap_or_default(),
-                RouteRules::Grpc(json_rules(r.spec.rules.as_deref().unwrap_or_default())),
-            ),
-            Object::TLSRoute(r) => (
-                Kind::TLSRoute,
-                &r.metadata,
-                parent_refs(r.spec.parent_refs.as_ref()),
-                r.spec.hostnames.clone(),
-                RouteRules::L4(l4_refs(&r.spec.rules)),
-            ),
-            Object::TCPRoute(r) => (
-                Kind::TCPRoute,
-                &r.metadata,
-                parent_refs(r.spec.parent_refs.as_ref()),
-                Vec::new(),
-                RouteRules::L4(l4_refs(&r.spec.rules)),
-            ),
-            Object::UDPRoute(r) => (
-                Kind::UDPRoute,
-                &r.metadata,
-                parent_refs(r.spec.parent_refs.as_ref()),
-                Vec::new(),
-                RouteRules::L4(l4_refs(&r.spec.rules)),
-            ),
-            _ => continue,
-        };
-        let (namespace, name) = ns_name(meta);
-        out.push(RouteView {
-            invalid_rules: invalid_rules(&rules),
-            kind,
-            namespace,
-            name,
-            created: created(meta),
-            generation: meta.generation,
-            parent_refs: parents,
-            hostnames,
-            rules,
-        });
+/// One route object in the common shape; None for objects that are not routes.
+pub(crate) fn view(o: &Object) -> Option<RouteView> {
+    let (kind, meta, parents, hostnames, rules) = match o {
+        Object::HTTPRoute(r) => (
+            Kind::HTTPRoute,
+            &r.metadata,
+            parent_refs(r.spec.parent_refs.as_ref()),
+            r.spec.hostnames.clone().unwrap_or_default(),
+            RouteRules::Http(json_rules(r.spec.rules.as_deref().unwrap_or_default())),
+        ),
+        Object::GRPCRoute(r) => (
+            Kind::GRPCRoute,
+            &r.metadata,
+            parent_refs(r.spec.parent_refs.as_ref()),
+            r.spec.hostnames.clone().unwrap_or_default(),
+            RouteRules::Grpc(json_rules(r.spec.rules.as_deref().unwrap_or_default())),
+        ),
+        Object::TLSRoute(r) => (
+            Kind::TLSRoute,
+            &r.metadata,
+            parent_refs(r.spec.parent_refs.as_ref()),
+            r.spec.hostnames.clone(),
+            RouteRules::L4(l4_refs(&r.spec.rules)),
+        ),
+        Object::TCPRoute(r) => (
+            Kind::TCPRoute,
+            &r.metadata,
+            parent_refs(r.spec.parent_refs.as_ref()),
+            Vec::new(),
+            RouteRules::L4(l4_refs(&r.spec.rules)),
+        ),
+        Object::UDPRoute(r) => (
+            Kind::UDPRoute,
+            &r.metadata,
+            parent_refs(r.spec.parent_refs.as_ref()),
+            Vec::new(),
+            RouteRules::L4(l4_refs(&r.spec.rules)),
+        ),
+        _ => return None,
+    };
+    let (namespace, name) = ns_name(meta);
+    let rule_count = match &rules {
+        RouteRules::Http(rules) | RouteRules::Grpc(rules) => rules.len(),
+        RouteRules::L4(_) => usize::MAX,
+    };
+    Some(RouteView {
+        invalid_rules: invalid_rules(&rules),
+        kind,
+        namespace,
+        name,
+        created: created(meta),
+        generation: meta.generation,
+        parent_refs: parents,
+        hostnames,
+        rules,
+        rule_count,
+    })
+}
+
+/// The route kinds, in the order their objects (and statuses) come.
+pub(crate) const ROUTE_KINDS: [Kind; 5] = [
+    Kind::HTTPRoute,
+    Kind::GRPCRoute,
+    Kind::TLSRoute,
+    Kind::TCPRoute,
+    Kind::UDPRoute,
+];
+
+/// Every Service (namespace, name) a route's rules may refer to: backendRefs of every rule,
+/// valid or not, and mirror backendRefs. A superset is fine: it only decides which routes are
+/// recompiled when a Service or EndpointSlice changes.
+pub(crate) fn service_deps(r: &RouteView) -> Vec<(String, String)> {
+    fn walk(v: &Value, ns: &str, out: &mut Vec<(String, String)>) {
+        match v {
+            Value::Object(map) => {
+                for (k, v) in map {
+                    let mut add = |b: &Value| {
+                        if let Some(name) = b["name"].as_str() {
+                            let ns = b["namespace"].as_str().unwrap_or(ns);
+                            out.push((ns.to_string(), name.to_string()));
+                        }
+                    };
+                    match (k.as_str(), v) {
+                        ("backendRefs", Value::Array(refs)) => refs.iter().for_each(&mut add),
+                        ("backendRef", b @ Value::Object(_)) => add(b),
+                        _ => {}
+                    }
+                    walk(v, ns, out);
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|v| walk(v, ns, out)),
+            _ => {}
+        }
     }
+    let mut out = Vec::new();
+    match &r.rules {
+        RouteRules::L4(refs) => out.extend(refs.iter().map(|b| {
+            (
+                b.namespace.clone().unwrap_or_else(|| r.namespace.clone()),
+                b.name.clone(),
+            )
+        })),
+        RouteRules::Http(rules) | RouteRules::Grpc(rules) => {
+            rules.iter().for_each(|v| walk(v, &r.namespace, &mut out));
+        }
+    }
+    out.sort();
+    out.dedup();
     out
 }
 

@@ -21,7 +21,7 @@ use crate::{
 pub(crate) fn build(
     objects: &Objects,
     gateways: &[GatewayState],
-    routes: &[RouteView],
+    routes: &[&RouteView],
     attached: &ByListener,
     model: &mut Model,
     problems: &mut [Option<RefProblem>],
@@ -43,7 +43,7 @@ pub(crate) fn build(
                     });
                 listener.names.push(format!("{}/{}", g.id(), l.name));
                 for &ri in attached.get(&(gi, li)).into_iter().flatten() {
-                    let r = &routes[ri];
+                    let r = routes[ri];
                     let RouteRules::L4(refs) = &r.rules else {
                         continue;
                     };

@@ -754,6 +754,62 @@ spec:
     );
 }
 
+/// `--prefer-local-endpoints`: ready endpoints on the preferred node win when there are any;
+/// otherwise every ready endpoint is used.
+#[test]
+fn a_preferred_node_keeps_only_its_endpoints_when_it_has_some() {
+    let yaml = format!(
+        "{GW_L4}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: s, namespace: default}}
+spec: {{ports: [{{name: dns, port: 53, protocol: UDP}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: s-1, namespace: default, labels: {{kubernetes.io/service-name: s}}}}
+addressType: IPv4
+ports: [{{name: dns, port: 5353}}]
+endpoints:
+- {{addresses: [10.3.0.1], nodeName: node-a}}
+- {{addresses: [10.3.0.2], nodeName: node-b}}
+- {{addresses: [10.3.0.3], nodeName: node-a, conditions: {{ready: false}}}}
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: UDPRoute
+metadata: {{name: u, namespace: default}}
+spec:
+  parentRefs: [{{name: gw, sectionName: udp}}]
+  rules: [{{backendRefs: [{{name: s, port: 53}}]}}]
+"
+    );
+    let eps = |node: Option<&str>| -> Vec<String> {
+        let mut o = objects(&yaml);
+        o.set_preferred_node(node.map(str::to_string));
+        let c = compile(&o, &CompileOptions::default());
+        let udp = c
+            .model
+            .l4
+            .iter()
+            .find(|l| l.protocol == L4Protocol::Udp)
+            .unwrap();
+        udp.backends.iter().map(|b| b.address.to_string()).collect()
+    };
+    assert_eq!(eps(None), ["10.3.0.1:5353", "10.3.0.2:5353"]);
+    assert_eq!(
+        eps(Some("node-a")),
+        ["10.3.0.1:5353"],
+        "the local ready endpoint only"
+    );
+    assert_eq!(eps(Some("node-b")), ["10.3.0.2:5353"]);
+    assert_eq!(
+        eps(Some("node-c")),
+        ["10.3.0.1:5353", "10.3.0.2:5353"],
+        "no local endpoint: all of them"
+    );
+}
+
 #[test]
 fn all_zero_weights_mean_500_and_no_ready_endpoints_mean_503() {
     let c = compiled(&format!(

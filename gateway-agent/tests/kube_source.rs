@@ -1,0 +1,520 @@
+//! Cluster mode end to end, as root (the agent loads its BPF object, with no interface attached):
+//! the real agent binary runs `run --kube` against an API server stand-in on loopback
+//! (`support/apiserver.rs`) and must follow created, changed and deleted objects into its model,
+//! relist after 410 Gone, re-watch after dropped connections, ignore a CRD that is not
+//! installed, write each status once by server-side apply, record an Event for a rejected
+//! object, and elect one status writer among two agents, with take-over when the writer dies.
+
+#[path = "support/apiserver.rs"]
+mod apiserver;
+mod support;
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use apiserver::ApiServer;
+use serde_json::{Value, json};
+use testbed::TempBpffs;
+
+const GW: &str = "gateway.networking.k8s.io/v1";
+const GW_ALPHA: &str = "gateway.networking.k8s.io/v1alpha2";
+const CONTROLLER: &str = "nodegate.io/gateway-controller";
+
+fn class(name: &str, parameters: bool) -> Value {
+    let mut c = json!({"apiVersion": GW, "kind": "GatewayClass", "metadata": {"name": name},
+                       "spec": {"controllerName": CONTROLLER}});
+    if parameters {
+        c["spec"]["parametersRef"] = json!({"group": "example.com", "kind": "Config", "name": "x"});
+    }
+    c
+}
+
+fn gateway(listeners: &[(&str, u16)]) -> Value {
+    let listeners: Vec<Value> = listeners
+        .iter()
+        .map(|(name, port)| json!({"name": name, "protocol": "UDP", "port": port}))
+        .collect();
+    json!({"apiVersion": GW, "kind": "Gateway", "metadata": {"name": "edge", "namespace": "default"},
+           "spec": {"gatewayClassName": "nodegate", "listeners": listeners}})
+}
+
+fn udp_route(name: &str, section: &str, service: &str) -> Value {
+    json!({"apiVersion": GW_ALPHA, "kind": "UDPRoute", "metadata": {"name": name, "namespace": "default"},
+           "spec": {"parentRefs": [{"name": "edge", "sectionName": section}],
+                    "rules": [{"backendRefs": [{"name": service, "port": 53}]}]}})
+}
+
+fn service(name: &str, endpoint: &str) -> [Value; 2] {
+    [
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "default"},
+               "spec": {"ports": [{"name": "dns", "port": 53, "protocol": "UDP"}]}}),
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+               "metadata": {"name": format!("{name}-1"), "namespace": "default",
+                            "labels": {"kubernetes.io/service-name": name}},
+               "addressType": "IPv4", "ports": [{"name": "dns", "port": 5353}],
+               "endpoints": [{"addresses": [endpoint], "nodeName": "node-a"}]}),
+    ]
+}
+
+/// A cluster with a class, a Gateway with one UDP listener routed to a Service, three
+/// namespaces (so lists take several pages), a Node and Secrets of two types.
+fn cluster() -> ApiServer {
+    let api = ApiServer::start();
+    api.set_missing("gateway.networking.k8s.io/v1alpha2/tcproutes");
+    api.apply(class("nodegate", false));
+    for ns in ["default", "team-a", "team-b"] {
+        api.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}));
+    }
+    api.apply(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"},
+        "status": {"addresses": [{"type": "InternalIP", "address": "10.0.0.1"}, {"type": "Hostname", "address": "node-a"}]}}));
+    for (name, type_) in [("tls", "kubernetes.io/tls"), ("opaque", "Opaque")] {
+        api.apply(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": "default"},
+            "type": type_, "data": {}}));
+    }
+    api.apply(gateway(&[("dns", 5353)]));
+    for o in service("dns", "10.9.0.1") {
+        api.apply(o);
+    }
+    api.apply(udp_route("dns", "dns", "dns"));
+    api
+}
+
+/// One `gateway-agent run --kube` process, killed on drop (its log printed on failure).
+struct KubeAgent {
+    child: Option<Child>,
+    admin: SocketAddr,
+    log_path: PathBuf,
+    _kubeconfig: PathBuf,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl KubeAgent {
+    fn start(api: &ApiServer, bpffs: &TempBpffs, node: &str, extra: &[&str]) -> Self {
+        let tag = format!("{}-{node}-{}", std::process::id(), free_port());
+        let kubeconfig = std::env::temp_dir().join(format!("nodegate-kubeconfig-{tag}"));
+        api.write_kubeconfig(&kubeconfig, node);
+        let log_path = std::env::temp_dir().join(format!("nodegate-kube-agent-{tag}.log"));
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_gateway-agent"))
+            .args([
+                "--log",
+                "info,gateway_agent=debug",
+                "run",
+                "--kube",
+                "--bpffs",
+            ])
+            .arg(bpffs.path())
+            .args([
+                "--admin-address",
+                &admin.to_string(),
+                "--bind-address",
+                "127.0.0.1",
+            ])
+            .args(["--node-name", node, "--lease-namespace", "nodegate-system"])
+            .args([
+                "--lease-duration",
+                "3s",
+                "--kube-missing-retry",
+                "1s",
+                "--kube-max-backoff",
+                "1s",
+            ])
+            .args(extra)
+            .env("KUBECONFIG", &kubeconfig)
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .stdin(Stdio::null())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .expect("spawning gateway-agent");
+        let mut agent = KubeAgent {
+            child: Some(child),
+            admin,
+            log_path,
+            _kubeconfig: kubeconfig,
+        };
+        testbed::wait_for(Duration::from_secs(30), "the agent's /readyz", || {
+            if let Some(Ok(Some(status))) = agent.child.as_mut().map(Child::try_wait) {
+                panic!(
+                    "gateway-agent exited before it was ready: {status}\n{}",
+                    agent.log()
+                );
+            }
+            matches!(testbed::http_get(agent.admin, "/readyz"), Ok((200, _))).then_some(())
+        })
+        .unwrap();
+        agent
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    fn json(&self, path: &str) -> Option<Value> {
+        match testbed::http_get(self.admin, path) {
+            Ok((200, body)) => serde_json::from_str(&body).ok(),
+            _ => None,
+        }
+    }
+
+    /// L4 listener name → backend addresses, from /debug/model.
+    fn l4(&self) -> Option<Vec<(String, Vec<String>)>> {
+        let v = self.json("/debug/model")?;
+        let mut out: Vec<(String, Vec<String>)> = v["model"]["l4"]
+            .as_array()?
+            .iter()
+            .map(|l| {
+                let backends = l["backends"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|b| b["address"].as_str().map(str::to_string))
+                    .collect();
+                (l["name"].as_str().unwrap_or_default().to_string(), backends)
+            })
+            .collect();
+        out.sort();
+        Some(out)
+    }
+
+    fn wait_l4(&self, what: &str, want: &[(&str, &[&str])]) {
+        let want: Vec<(String, Vec<String>)> = want
+            .iter()
+            .map(|(n, b)| (n.to_string(), b.iter().map(|s| s.to_string()).collect()))
+            .collect();
+        let r = testbed::wait_for(Duration::from_secs(15), what, || {
+            self.l4().filter(|l| *l == want)
+        });
+        if r.is_err() {
+            panic!("{what}: model is {:?}, want {want:?}", self.l4());
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for KubeAgent {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!(
+                "---- agent log ({}) ----\n{}",
+                self.log_path.display(),
+                self.log()
+            );
+        }
+        let _ = std::fs::remove_file(&self.log_path);
+        let _ = std::fs::remove_file(&self._kubeconfig);
+    }
+}
+
+/// The last status patch for `kind name` (by URL), if any.
+fn last_patch(api: &ApiServer, plural: &str, name: &str) -> Option<apiserver::Request> {
+    api.status_patches()
+        .into_iter()
+        .rfind(|r| r.uri.contains(&format!("/{plural}/{name}/status")))
+}
+
+fn condition<'a>(conditions: &'a Value, type_: &str) -> &'a Value {
+    conditions
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
+        .unwrap_or_else(|| panic!("no {type_} in {conditions}"))
+}
+
+#[test]
+fn cluster_objects_reach_the_model_and_statuses_are_applied_once() {
+    testbed::require_root("the cluster-mode test (the agent loads its BPF object)").unwrap();
+    let api = cluster();
+    let bpffs = TempBpffs::mount("kube1").unwrap();
+    let agent = KubeAgent::start(&api, &bpffs, "node-a", &[]);
+
+    // Created objects: the first model has the listener and its backend.
+    agent.wait_l4(
+        "the first model",
+        &[("default/edge/dns", &["10.9.0.1:5353"])],
+    );
+    let reqs = api.requests();
+    assert!(
+        reqs.iter().any(|r| r.uri.contains("continue=")),
+        "lists larger than a page are followed with continue"
+    );
+    assert!(
+        reqs.iter()
+            .any(|r| r.uri.starts_with("/api/v1/secrets?") && r.uri.contains("fieldSelector=type")),
+        "Secrets are listed with the kubernetes.io/tls field selector: {:?}",
+        reqs.iter()
+            .filter(|r| r.uri.contains("secrets"))
+            .map(|r| &r.uri)
+            .collect::<Vec<_>>()
+    );
+
+    // Statuses: server-side apply, our field manager, forced, observedGeneration 1.
+    let patch = testbed::wait_for(Duration::from_secs(15), "the Gateway status", || {
+        last_patch(&api, "gateways", "edge")
+    })
+    .unwrap();
+    assert_eq!(
+        patch.content_type.as_deref(),
+        Some("application/apply-patch+yaml")
+    );
+    assert!(
+        patch
+            .uri
+            .contains("fieldManager=nodegate.io%2Fgateway-controller")
+            || patch
+                .uri
+                .contains("fieldManager=nodegate.io/gateway-controller"),
+        "{}",
+        patch.uri
+    );
+    assert!(patch.uri.contains("force=true"), "{}", patch.uri);
+    assert!(
+        patch.uri.starts_with(
+            "/apis/gateway.networking.k8s.io/v1/namespaces/default/gateways/edge/status"
+        )
+    );
+    let accepted = condition(&patch.body["status"]["conditions"], "Accepted");
+    assert_eq!(accepted["status"], "True");
+    assert_eq!(accepted["observedGeneration"], 1);
+    assert_eq!(
+        patch.body["status"]["addresses"],
+        json!([{"type": "IPAddress", "value": "10.0.0.1"}]),
+        "a Gateway without spec.addresses reports the Nodes' addresses"
+    );
+    let route = testbed::wait_for(Duration::from_secs(10), "the UDPRoute status", || {
+        last_patch(&api, "udproutes", "dns")
+    })
+    .unwrap();
+    let parents = route.body["status"]["parents"].as_array().unwrap();
+    assert_eq!(parents.len(), 1);
+    assert_eq!(parents[0]["controllerName"], CONTROLLER);
+    assert_eq!(
+        condition(&parents[0]["conditions"], "Accepted")["status"],
+        "True"
+    );
+    assert!(last_patch(&api, "gatewayclasses", "nodegate").is_some());
+
+    // Nothing changed (the status writes themselves come back as MODIFIED events): no new patch.
+    let before = api.status_patches().len();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        api.status_patches().len(),
+        before,
+        "no patch without a change"
+    );
+
+    // A missing CRD (TCPRoute, 404) was retried quietly and reported once.
+    let tcp_lists = api
+        .requests()
+        .iter()
+        .filter(|r| r.uri.contains("tcproutes"))
+        .count();
+    assert!(
+        tcp_lists >= 2,
+        "the missing kind is retried ({tcp_lists} requests)"
+    );
+    assert_eq!(
+        agent.log().matches("not served by the API server").count(),
+        1,
+        "a missing CRD is logged once"
+    );
+
+    // Changed: a second listener (generation 2) and its route.
+    api.apply(gateway(&[("dns", 5353), ("syslog", 5514)]));
+    for o in service("syslog", "10.9.0.2") {
+        api.apply(o);
+    }
+    api.apply(udp_route("syslog", "syslog", "syslog"));
+    agent.wait_l4(
+        "the changed Gateway",
+        &[
+            ("default/edge/dns", &["10.9.0.1:5353"]),
+            ("default/edge/syslog", &["10.9.0.2:5353"]),
+        ],
+    );
+    testbed::wait_for(Duration::from_secs(10), "observedGeneration 2", || {
+        let p = last_patch(&api, "gateways", "edge")?;
+        (condition(&p.body["status"]["conditions"], "Accepted")["observedGeneration"] == 2)
+            .then_some(())
+    })
+    .unwrap();
+
+    // Deleted: the route goes, the listener stays without backends.
+    api.delete(GW_ALPHA, "UDPRoute", "default", "syslog");
+    agent.wait_l4(
+        "the deleted route",
+        &[
+            ("default/edge/dns", &["10.9.0.1:5353"]),
+            ("default/edge/syslog", &[]),
+        ],
+    );
+
+    // Dropped watch connections: the watchers resume from their resourceVersion.
+    api.drop_watches();
+    api.apply(udp_route("syslog", "syslog", "syslog"));
+    agent.wait_l4(
+        "the change after a dropped watch",
+        &[
+            ("default/edge/dns", &["10.9.0.1:5353"]),
+            ("default/edge/syslog", &["10.9.0.2:5353"]),
+        ],
+    );
+
+    // 410 Gone: a change only a relist can see.
+    let [svc, slice] = service("syslog", "10.9.0.3");
+    api.compact_with(vec![svc, slice]);
+    agent.wait_l4(
+        "the relist after 410",
+        &[
+            ("default/edge/dns", &["10.9.0.1:5353"]),
+            ("default/edge/syslog", &["10.9.0.3:5353"]),
+        ],
+    );
+    assert!(api.gone_sent() > 0, "the stand-in answered 410 Gone");
+
+    // A rejected object: one Warning Event, not one per compile.
+    api.apply(class("broken", true));
+    testbed::wait_for(Duration::from_secs(10), "the Event", || {
+        api.list("v1", "Event")
+            .into_iter()
+            .find(|e| e["involvedObject"]["name"] == "broken")
+    })
+    .map(|e| {
+        assert_eq!(e["reason"], "InvalidParameters");
+        assert_eq!(e["type"], "Warning");
+        assert_eq!(e["involvedObject"]["kind"], "GatewayClass");
+        assert!(
+            e["involvedObject"]["uid"]
+                .as_str()
+                .is_some_and(|u| u.starts_with("uid-"))
+        );
+    })
+    .unwrap();
+    api.apply(gateway(&[("dns", 5353), ("syslog", 5514), ("ntp", 123)]));
+    agent.wait_l4(
+        "another compile",
+        &[
+            ("default/edge/dns", &["10.9.0.1:5353"]),
+            ("default/edge/ntp", &[]),
+            ("default/edge/syslog", &["10.9.0.3:5353"]),
+        ],
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let events = api
+        .list("v1", "Event")
+        .into_iter()
+        .filter(|e| e["involvedObject"]["name"] == "broken")
+        .count();
+    assert_eq!(events, 1, "one Event per change of the rejection");
+
+    // /debug/status keeps working in cluster mode.
+    let status = agent.json("/debug/status").expect("/debug/status");
+    assert!(
+        status["items"].as_array().is_some_and(|i| i.len() >= 4),
+        "{status}"
+    );
+}
+
+fn holder(api: &ApiServer) -> Option<String> {
+    api.get(
+        "coordination.k8s.io/v1",
+        "Lease",
+        "nodegate-system",
+        "nodegate-status-writer",
+    )?["spec"]["holderIdentity"]
+        .as_str()
+        .map(str::to_string)
+}
+
+/// Tokens (agent names) that sent status patches at or after request index `from`.
+fn patchers(api: &ApiServer, from: usize) -> std::collections::BTreeSet<String> {
+    api.requests()
+        .into_iter()
+        .skip(from)
+        .filter(|r| r.method == "PATCH")
+        .filter_map(|r| r.token)
+        .collect()
+}
+
+#[test]
+fn two_agents_elect_one_status_writer_and_the_second_takes_over() {
+    testbed::require_root("the cluster-mode test (the agent loads its BPF object)").unwrap();
+    let api = cluster();
+    let (bpffs_a, bpffs_b) = (
+        TempBpffs::mount("kubea").unwrap(),
+        TempBpffs::mount("kubeb").unwrap(),
+    );
+    let a = KubeAgent::start(&api, &bpffs_a, "node-a", &[]);
+    let b = KubeAgent::start(&api, &bpffs_b, "node-b", &[]);
+    a.wait_l4(
+        "agent a's model",
+        &[("default/edge/dns", &["10.9.0.1:5353"])],
+    );
+    b.wait_l4(
+        "agent b's model",
+        &[("default/edge/dns", &["10.9.0.1:5353"])],
+    );
+    testbed::wait_for(Duration::from_secs(15), "a status patch", || {
+        last_patch(&api, "gateways", "edge")
+    })
+    .unwrap();
+    // Let a few renewals pass: still one writer.
+    std::thread::sleep(Duration::from_secs(3));
+    let leader = holder(&api).expect("a lease holder");
+    assert_eq!(
+        patchers(&api, 0),
+        [leader.clone()].into_iter().collect(),
+        "only the lease holder patches"
+    );
+
+    // Kill the holder: it stops renewing; the other agent takes over and writes the next change.
+    let (mut dead, survivor) = if leader == "node-a" { (a, b) } else { (b, a) };
+    let survivor_name = if leader == "node-a" {
+        "node-b"
+    } else {
+        "node-a"
+    };
+    dead.kill();
+    let mark = api.requests().len();
+    api.apply(gateway(&[("dns", 5353), ("syslog", 5514)]));
+    survivor.wait_l4(
+        "the survivor's model",
+        &[
+            ("default/edge/dns", &["10.9.0.1:5353"]),
+            ("default/edge/syslog", &[]),
+        ],
+    );
+    testbed::wait_for(Duration::from_secs(15), "the take-over", || {
+        (holder(&api).as_deref() == Some(survivor_name)).then_some(())
+    })
+    .unwrap();
+    testbed::wait_for(Duration::from_secs(10), "the survivor's patch", || {
+        let p = last_patch(&api, "gateways", "edge")?;
+        (p.token.as_deref() == Some(survivor_name)
+            && condition(&p.body["status"]["conditions"], "Accepted")["observedGeneration"] == 2)
+            .then_some(())
+    })
+    .unwrap();
+    assert_eq!(
+        patchers(&api, mark),
+        [survivor_name.to_string()].into_iter().collect(),
+        "after the take-over only the survivor patches"
+    );
+    drop(dead);
+}
