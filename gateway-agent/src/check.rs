@@ -21,7 +21,8 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<()> {
             args.config_dir.display()
         );
     }
-    let snap = Snapshot::compile(1, reading, &crate::compile_options(args.bind_address));
+    let mut compiler = gateway_model::Compiler::new(crate::compile_options(args.bind_address));
+    let snap = Snapshot::compile(1, reading, &mut compiler);
     let format = match args.output {
         OutputFormat::Yaml => Format::Yaml,
         OutputFormat::Json => Format::Json,

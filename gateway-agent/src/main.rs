@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use gateway_model::CompileOptions;
+use gateway_model::{CompileOptions, Compiler};
 use tokio::sync::{Mutex, mpsc, watch};
 use tracing_subscriber::EnvFilter;
 
@@ -45,8 +45,7 @@ fn main() -> anyhow::Result<()> {
 pub fn compile_options(bind_address: std::net::IpAddr) -> CompileOptions {
     CompileOptions {
         default_bind_address: bind_address,
-        transition_time: humantime::format_rfc3339_seconds(std::time::SystemTime::now())
-            .to_string(),
+        transition_time: snapshot::now_rfc3339(),
         ..CompileOptions::default()
     }
 }
@@ -55,11 +54,8 @@ async fn run(args: cli::RunArgs) -> anyhow::Result<()> {
     let mut source = Source::start(&args).await?;
     let first_reading = source.take_first();
     log_file_errors(&first_reading.errors);
-    let first = Arc::new(Snapshot::compile(
-        1,
-        first_reading,
-        &compile_options(args.bind_address),
-    ));
+    let mut compiler = Compiler::new(compile_options(args.bind_address));
+    let first = Arc::new(Snapshot::compile(1, first_reading, &mut compiler));
     let (snapshots, mut updates) = watch::channel(first.clone());
 
     let dataplane = Arc::new(Mutex::new(
@@ -151,13 +147,12 @@ async fn run(args: cli::RunArgs) -> anyhow::Result<()> {
         kube.write_statuses(snapshots.subscribe());
     }
     let mut readings = source.readings();
-    let bind_address = args.bind_address;
     let source_task = tokio::spawn(async move {
         let mut generation = 1;
         while let Some(reading) = readings.recv().await {
             log_file_errors(&reading.errors);
             generation += 1;
-            let snap = Snapshot::compile(generation, reading, &compile_options(bind_address));
+            let snap = Snapshot::compile(generation, reading, &mut compiler);
             tracing::info!(generation, "configuration reloaded");
             let _ = snapshots.send(Arc::new(snap));
         }

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use gateway_model::{CompileOptions, Model, ObjectStatus};
+use gateway_model::{Compiler, Model, ObjectStatus};
 
 use crate::source::file::{FileError, Reading};
 
@@ -22,14 +22,22 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Compiles a reading of the sources.
-    pub fn compile(generation: u64, reading: Reading, opts: &CompileOptions) -> Self {
-        let compiled = gateway_model::compile(&reading.objects, opts);
+    /// Compiles a reading of the sources with `compiler`, which keeps what the changes since its
+    /// last update did not reach (one changed route recompiles that route only). Conditions
+    /// computed now are stamped with the current time.
+    pub fn compile(generation: u64, reading: Reading, compiler: &mut Compiler) -> Self {
+        compiler.set_transition_time(now_rfc3339());
+        let compiled = compiler.update(&reading.objects);
         Snapshot {
             generation,
-            model: Arc::new(compiled.model),
-            statuses: compiled.statuses,
+            model: Arc::new(compiled.model.clone()),
+            statuses: compiled.statuses.clone(),
             file_errors: reading.errors,
         }
     }
+}
+
+/// The current time as a metav1.Time (RFC 3339, seconds).
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
 }

@@ -240,6 +240,14 @@ impl Compiler {
         &self.opts
     }
 
+    /// Sets the `lastTransitionTime` stamped on conditions computed from now on (a long-lived
+    /// agent passes the time of each reload). Route statuses the next update reuses, because
+    /// nothing they depend on changed, keep the time they were computed with: a condition's
+    /// time is then when it last changed, as the API conventions ask, rather than the reload's.
+    pub fn set_transition_time(&mut self, time: impl Into<String>) {
+        self.opts.transition_time = time.into();
+    }
+
     /// The result of the last update (empty before the first).
     pub fn compiled(&self) -> &Compiled {
         &self.current

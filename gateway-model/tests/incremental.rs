@@ -419,3 +419,53 @@ fn a_long_sequence_of_changes_stays_identical() {
         );
     }
 }
+
+/// `lastTransitionTime` of each route condition: (route name, time).
+fn route_times(compiled: &Compiled) -> Vec<(String, String)> {
+    compiled
+        .statuses
+        .iter()
+        .filter(|s| s.kind == "HTTPRoute")
+        .flat_map(|s| {
+            let conditions = s.status["parents"][0]["conditions"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            conditions.into_iter().map(move |c| {
+                (
+                    s.name.clone(),
+                    c["lastTransitionTime"].as_str().unwrap_or("").to_string(),
+                )
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn a_new_transition_time_stamps_only_the_conditions_computed_again() {
+    let mut objects = base();
+    let mut compiler = Compiler::new(CompileOptions {
+        transition_time: "2026-01-01T00:00:00Z".into(),
+        ..CompileOptions::default()
+    });
+    let before = route_times(compiler.update(&objects));
+    assert!(!before.is_empty());
+    assert!(before.iter().all(|(_, t)| t == "2026-01-01T00:00:00Z"));
+
+    // r1 now points at a missing Service: it is compiled again; the other routes are not.
+    parse_into(
+        &mut objects,
+        &http_route("team-b", "r1", "h1.shop.example", "/moved", "missing"),
+    );
+    compiler.set_transition_time("2026-02-02T00:00:00Z");
+    let after = route_times(compiler.update(&objects));
+    for (route, time) in &after {
+        let want = if route == "r1" {
+            "2026-02-02T00:00:00Z"
+        } else {
+            "2026-01-01T00:00:00Z"
+        };
+        assert_eq!(time, want, "{route}'s conditions");
+    }
+    assert!(after.iter().any(|(r, _)| r == "r1"));
+}
