@@ -96,7 +96,52 @@ impl Recorder {
     }
 }
 
-/// `perf script` → folded stacks (kept next to the SVG as `.folded`) → SVG.
+/// Renders `perf script` text files (recorded elsewhere, e.g. in a kind node) into `dir`, one SVG
+/// per file, named after it.
+pub fn render_scripts(files: &[PathBuf], dir: &Path) -> anyhow::Result<()> {
+    if files.is_empty() {
+        bail!("`bench render` needs at least one --perf-script FILE");
+    }
+    std::fs::create_dir_all(dir)?;
+    for f in files {
+        let name = f
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(|n| n.trim_end_matches(".txt").trim_end_matches(".perf"))
+            .context("file name")?
+            .to_string();
+        let input = std::fs::File::open(f).with_context(|| format!("opening {}", f.display()))?;
+        let folded = fold(BufReader::new(input))?;
+        let svg = dir.join(format!("{name}.svg"));
+        draw(&folded, &svg, &name)?;
+        println!("written: {}", svg.display());
+    }
+    Ok(())
+}
+
+/// Folds `perf script` output with inferno's perf collapser.
+fn fold(reader: impl std::io::BufRead) -> anyhow::Result<Vec<u8>> {
+    let mut folded = Vec::new();
+    inferno::collapse::perf::Folder::from(inferno::collapse::perf::Options::default())
+        .collapse(reader, &mut folded)?;
+    if folded.is_empty() {
+        bail!("no samples to fold");
+    }
+    Ok(folded)
+}
+
+/// Draws folded stacks into `svg` (and keeps them next to it as `.folded`, for grep).
+fn draw(folded: &[u8], svg: &Path, title: &str) -> anyhow::Result<()> {
+    std::fs::write(svg.with_extension("folded"), folded)?;
+    let text = String::from_utf8_lossy(folded);
+    let mut opts = inferno::flamegraph::Options::default();
+    opts.title = title.to_string();
+    let out = std::fs::File::create(svg)?;
+    inferno::flamegraph::from_lines(&mut opts, text.lines(), std::io::BufWriter::new(out))?;
+    Ok(())
+}
+
+/// `perf script` → folded stacks → SVG.
 fn render(data: &Path, svg: &Path, title: &str) -> anyhow::Result<()> {
     let mut script = Command::new("perf")
         .args(["script", "-i"])
@@ -106,19 +151,10 @@ fn render(data: &Path, svg: &Path, title: &str) -> anyhow::Result<()> {
         .stderr(Stdio::null())
         .spawn()
         .context("running perf script")?;
-    let mut folded = Vec::new();
     let stdout = script.stdout.take().context("perf script stdout")?;
-    inferno::collapse::perf::Folder::from(inferno::collapse::perf::Options::default())
-        .collapse(BufReader::new(stdout), &mut folded)?;
+    let folded = fold(BufReader::new(stdout));
     let _ = script.wait();
-    if folded.is_empty() {
-        bail!("perf recorded no samples in {}", data.display());
-    }
-    std::fs::write(svg.with_extension("folded"), &folded)?;
-    let text = String::from_utf8_lossy(&folded);
-    let mut opts = inferno::flamegraph::Options::default();
-    opts.title = title.to_string();
-    let out = std::fs::File::create(svg)?;
-    inferno::flamegraph::from_lines(&mut opts, text.lines(), std::io::BufWriter::new(out))?;
-    Ok(())
+    let folded =
+        folded.with_context(|| format!("perf recorded no samples in {}", data.display()))?;
+    draw(&folded, svg, title)
 }

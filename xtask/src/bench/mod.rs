@@ -34,8 +34,9 @@ pub const LOAD_CPU: usize = 0;
 /// `cargo xtask bench` options.
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// Which benchmark.
-    #[arg(default_value = "all", value_parser = ["l4", "l7", "tls", "model", "all"])]
+    /// Which benchmark (`render`: only draw flame graphs from `--perf-script` files, e.g. the
+    /// ones bench/kind/run.sh copies out of a kind node).
+    #[arg(default_value = "all", value_parser = ["l4", "l7", "tls", "model", "all", "render"])]
     pub which: String,
     /// Seconds per measured window.
     #[arg(long, default_value_t = 5)]
@@ -53,6 +54,9 @@ pub struct BenchArgs {
     /// (numbers are meaningless; it proves the benchmarks run end to end).
     #[arg(long)]
     pub smoke: bool,
+    /// With `render`: `perf script` output files to fold and draw into DIR/flamegraphs/.
+    #[arg(long = "perf-script", value_name = "FILE")]
+    pub perf_scripts: Vec<PathBuf>,
 }
 
 /// What every benchmark gets: the options, the agent binary and the flame-graph recorder.
@@ -88,6 +92,9 @@ impl Ctx {
 
 /// Runs the selected benchmarks and writes the report.
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    if args.which == "render" {
+        return flamegraph::render_scripts(&args.perf_scripts, &args.out.join("flamegraphs"));
+    }
     let all = args.which == "all";
     let wants = |b: &str| all || args.which == b;
     std::fs::create_dir_all(&args.out)
