@@ -136,7 +136,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         report.push(tls::run(&ctx)?);
     }
     if wants("model") {
-        report.push(model::run(ctx.runs())?);
+        report.push(model::run(ctx.runs(), ctx.args.smoke)?);
     }
     if let Some(flame) = &ctx.flame {
         report.flamegraphs = flame.rendered();

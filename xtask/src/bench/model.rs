@@ -24,8 +24,9 @@ const COLUMNS: &[Column] = &[
     },
 ];
 
-/// Runs the model benchmark `runs` times and returns its section.
-pub fn run(runs: usize) -> anyhow::Result<Section> {
+/// Runs the model benchmark `runs` times (in the dev profile when `smoke`) and returns its
+/// section.
+pub fn run(runs: usize, smoke: bool) -> anyhow::Result<Section> {
     let mut records = Vec::new();
     let mut rows: Vec<(String, Samples)> = Vec::new();
     for run in 0..runs.max(1) {
@@ -33,6 +34,12 @@ pub fn run(runs: usize) -> anyhow::Result<Section> {
         let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
             .current_dir(crate::workspace_root())
             .args(["bench", "-q", "-p", "gateway-model", "--bench", "compile"])
+            // Smoke mode reuses the dev build the tests made instead of a release build.
+            .args(if smoke {
+                &["--profile", "dev"][..]
+            } else {
+                &[]
+            })
             .output()
             .context("running the model benchmark")?;
         if !out.status.success() {
@@ -67,9 +74,11 @@ pub fn run(runs: usize) -> anyhow::Result<Section> {
     Ok(Section {
         key: "model",
         title: "Model compile (10,000 HTTPRoutes, 50,000 endpoints)".into(),
-        about: "`cargo bench -p gateway-model --bench compile`, release profile; steps run in \
-                order in one process, so peak RSS is the process's high-water mark so far."
-            .into(),
+        about: format!(
+            "`cargo bench -p gateway-model --bench compile`, {} profile; steps run in order in \
+             one process, so peak RSS is the process's high-water mark so far.",
+            if smoke { "dev (smoke)" } else { "release" }
+        ),
         columns: COLUMNS.to_vec(),
         rows: rows.into_iter().map(|(n, s)| s.into_row(n)).collect(),
         records,

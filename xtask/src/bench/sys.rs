@@ -96,6 +96,21 @@ pub fn machine_busy_seconds() -> f64 {
     total.saturating_sub(idle) as f64 / clock_ticks()
 }
 
+/// Whole-machine irq + softirq CPU seconds so far (/proc/stat fields 6 and 7).
+pub fn machine_softirq_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    (fields.get(5).copied().unwrap_or(0) + fields.get(6).copied().unwrap_or(0)) as f64
+        / clock_ticks()
+}
+
 /// CPU time over a window: of some processes, and of the whole machine.
 #[derive(Debug, Clone, Copy)]
 pub struct CpuWindow {

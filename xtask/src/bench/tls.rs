@@ -56,6 +56,11 @@ const COLUMNS: &[Column] = &[
         digits: 3,
     },
     Column {
+        key: "own_cpu_s_per_gib",
+        label: "load+gateway+softirq CPU-s/GiB",
+        digits: 3,
+    },
+    Column {
         key: "gib_per_machine_cpu_s",
         label: "GiB per machine CPU-s",
         digits: 3,
@@ -96,7 +101,10 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Section> {
              (4 threads) on CPU {LOAD_CPU}, the gateway process on CPU {GATEWAY_CPU}. On \
              loopback the sockmap redirect runs in the sender's softirq, i.e. on CPU \
              {LOAD_CPU}: its throughput shares that core with the load, so the per-CPU-second \
-             figure is the fair comparison. {} runs of {} s{}.",
+             figure is the fair comparison. Machine CPU is /proc/stat busy time of the whole machine \
+             (it includes anything else running, e.g. other builds); `load+gateway+softirq` is \
+             the utime+stime of the load generator and the gateway plus irq+softirq time, which \
+             leaves out kworkers (sockmap's `sk_psock_backlog`). {} runs of {} s{}.",
             ctx.runs(),
             ctx.window().as_secs(),
             if ctx.warmup().is_zero() {
@@ -295,9 +303,14 @@ fn measure(ctx: &Ctx, ns: &Netns, peer: &str, gw: &Peer, hello: &[u8]) -> anyhow
             }
             _ => None,
         };
+        let mut own_pids = pids.clone();
+        own_pids.push(std::process::id());
         let (bytes0, cpu) = (total_bytes(), sys::CpuWindow::start(&pids));
+        let (own0, softirq0) = (sys::cpu_seconds(&own_pids), sys::machine_softirq_seconds());
         std::thread::sleep(window);
         let (gw_cpu, machine_cpu) = cpu.end(&pids);
+        let own_cpu =
+            sys::cpu_seconds(&own_pids) - own0 + sys::machine_softirq_seconds() - softirq0;
         let bytes = total_bytes() - bytes0;
         if let (Some(session), Some(rec)) = (session, &ctx.flame) {
             rec.finish(session)?;
@@ -321,6 +334,7 @@ fn measure(ctx: &Ctx, ns: &Netns, peer: &str, gw: &Peer, hello: &[u8]) -> anyhow
             "machine_cpu_s_per_gib",
             (gib > 0.0).then(|| machine_cpu / gib),
         );
+        s.push("own_cpu_s_per_gib", (gib > 0.0).then(|| own_cpu / gib));
         s.push(
             "gib_per_machine_cpu_s",
             (machine_cpu > 0.0).then(|| gib / machine_cpu),
