@@ -1,0 +1,490 @@
+//! `bench l4`: in testbed's client — gateway — backend namespaces, side by side: (a) plain kernel
+//! forwarding to the backend (the floor), (b) nftables DNAT + SNAT as kube-proxy writes them,
+//! (c) haproxy in TCP mode, (d) nodegate in each attach mode.
+//!
+//! Per run: UDP packets/s delivered to the backend (64-byte payloads, one sender at full speed),
+//! whole-machine CPU µs per delivered packet at a fixed offered rate, TCP connections/s with
+//! p50/p99/p99.9 connect latency, and UDP request/response round-trip p50/p99/p99.9. Peak RSS of
+//! the gateway process where there is one (haproxy, the agent). Senders run on
+//! [`LOAD_CPU`](super::LOAD_CPU); backend sinks, haproxy and the agent on
+//! [`GATEWAY_CPU`](super::GATEWAY_CPU). The kernel paths (forwarding, nftables, XDP/TC) run in
+//! softirq on whichever CPU the packet arrives on, so pinning matters for the userspace peers.
+
+use std::{
+    net::{SocketAddr, TcpListener, UdpSocket},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use testbed::{
+    GATEWAY_BACKEND_IFACE, GATEWAY_CLIENT_IFACE, GATEWAY_V4, TempBpffs, Topology, backend_v4,
+};
+
+use super::{
+    Ctx, GATEWAY_CPU, LOAD_CPU, peers,
+    report::{Column, Section},
+    stats::Samples,
+    sys,
+};
+
+const UDP_PORT: u16 = 7000;
+const TCP_PORT: u16 = 7001;
+const HAPROXY_PORT: u16 = 7002;
+const UDP_RR_PORT: u16 = 7003;
+/// Offered rate for the CPU-per-packet figure.
+const FIXED_RATE: u64 = 50_000;
+
+const COLUMNS: &[Column] = &[
+    Column {
+        key: "udp_pps",
+        label: "UDP pps delivered (64 B, full speed)",
+        digits: 0,
+    },
+    Column {
+        key: "cpu_us_per_packet",
+        label: "machine CPU µs/packet at 50k pps",
+        digits: 2,
+    },
+    Column {
+        key: "tcp_cps",
+        label: "TCP conn/s",
+        digits: 0,
+    },
+    Column {
+        key: "connect_p50_us",
+        label: "connect p50 µs",
+        digits: 0,
+    },
+    Column {
+        key: "connect_p99_us",
+        label: "connect p99 µs",
+        digits: 0,
+    },
+    Column {
+        key: "connect_p999_us",
+        label: "connect p99.9 µs",
+        digits: 0,
+    },
+    Column {
+        key: "udp_rr_p50_us",
+        label: "UDP RTT p50 µs",
+        digits: 0,
+    },
+    Column {
+        key: "udp_rr_p99_us",
+        label: "UDP RTT p99 µs",
+        digits: 0,
+    },
+    Column {
+        key: "udp_rr_p999_us",
+        label: "UDP RTT p99.9 µs",
+        digits: 0,
+    },
+    Column {
+        key: "peak_rss_mib",
+        label: "gateway peak RSS MiB",
+        digits: 1,
+    },
+];
+
+/// Where a path's traffic goes.
+#[derive(Clone, Copy)]
+struct Targets {
+    udp: Option<SocketAddr>,
+    rr: Option<SocketAddr>,
+    tcp: SocketAddr,
+}
+
+/// The backend's sinks: a counting UDP receiver, a UDP echo, a TCP accept-and-close server.
+struct Sinks {
+    received: Arc<AtomicU64>,
+}
+
+/// Runs the L4 benchmark and returns its section.
+pub fn run(ctx: &Ctx) -> anyhow::Result<Section> {
+    crate::packages::ensure(super::PEER_TOOLS)?;
+    let topo = Topology::create("bench", 1)?;
+    let b = backend_v4(0);
+    let sinks = start_sinks(&topo)?;
+    let vip = |port| SocketAddr::new(GATEWAY_V4.into(), port);
+    let direct = Targets {
+        udp: Some(SocketAddr::new(b.into(), UDP_PORT)),
+        rr: Some(SocketAddr::new(b.into(), UDP_RR_PORT)),
+        tcp: SocketAddr::new(b.into(), TCP_PORT),
+    };
+    let nat = Targets {
+        udp: Some(vip(UDP_PORT)),
+        rr: Some(vip(UDP_RR_PORT)),
+        tcp: vip(TCP_PORT),
+    };
+    let mut rows = Vec::new();
+
+    eprintln!("bench l4: plain forwarding");
+    rows.push(path(ctx, &topo, &sinks, direct, None, None)?.into_row("plain forwarding (floor)"));
+
+    eprintln!("bench l4: nftables DNAT+SNAT");
+    nft_apply(&topo, &nft_rules())?;
+    let nft = path(ctx, &topo, &sinks, nat, None, None);
+    topo.gateway
+        .exec("nft", &["delete", "table", "ip", "nodegate_bench"])?;
+    rows.push(nft?.into_row("nftables DNAT+SNAT"));
+
+    eprintln!("bench l4: haproxy (TCP mode)");
+    let mut haproxy = peers::haproxy(
+        &topo.gateway,
+        GATEWAY_CPU,
+        "l4",
+        &format!(
+            "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
+             listen l4\n  bind {GATEWAY_V4}:{HAPROXY_PORT}\n  server b {b}:{TCP_PORT}\n"
+        ),
+    )?;
+    peers::wait_listening(&mut haproxy, &topo.gateway, vip(HAPROXY_PORT))?;
+    let tcp_only = Targets {
+        udp: None,
+        rr: None,
+        tcp: vip(HAPROXY_PORT),
+    };
+    let mut s = path(ctx, &topo, &sinks, tcp_only, Some(haproxy.pid()), None)?;
+    s.note("TCP only (no UDP in haproxy); it completes the client's handshake itself, so its connect latency and conn/s are not comparable with the NAT paths");
+    drop(haproxy);
+    rows.push(s.into_row("haproxy (TCP mode)"));
+
+    for mode in ["xdp", "xdp-generic", "tc"] {
+        eprintln!("bench l4: nodegate {mode}");
+        let bpffs = TempBpffs::mount("bench")?;
+        let dir = peers::scratch("l4-config")?;
+        std::fs::write(dir.join("bench.yaml"), bench_config())?;
+        let admin: SocketAddr = "127.0.0.1:9901".parse()?;
+        let agent = peers::agent(
+            &topo.gateway,
+            GATEWAY_CPU,
+            &ctx.agent,
+            &dir,
+            admin,
+            &[
+                "--interface",
+                GATEWAY_CLIENT_IFACE,
+                "--interface",
+                GATEWAY_BACKEND_IFACE,
+                "--attach",
+                mode,
+                "--bpffs",
+                &bpffs.path().display().to_string(),
+            ],
+            &[],
+        )?;
+        let flame = format!("l4-nodegate-{mode}");
+        let s = path(ctx, &topo, &sinks, nat, Some(agent.pid()), Some(&flame));
+        drop(agent);
+        let _ = std::fs::remove_dir_all(&dir);
+        rows.push(s?.into_row(format!("nodegate {mode}")));
+    }
+    Ok(Section {
+        key: "l4",
+        title: "L4".into(),
+        about: format!(
+            "testbed's client — gateway — backend namespaces (veth pairs). One sender thread \
+             (`send` of 64-byte UDP datagrams on a connected socket) on CPU {LOAD_CPU}; backend \
+             sinks, haproxy and the agent on CPU {GATEWAY_CPU}. CPU is whole-machine busy time \
+             from /proc/stat at {FIXED_RATE} pps offered. Connect latency: time of `connect()` \
+             (SYN to SYN-ACK through the path) in a sequential loop; UDP RTT: sequential 64-byte \
+             request/response to an echo server. {} runs of {} s per figure{}.",
+            ctx.runs(),
+            ctx.window().as_secs(),
+            if ctx.warmup().is_zero() {
+                ", no warm-up (smoke)".to_string()
+            } else {
+                format!(", after a {} s warm-up", ctx.warmup().as_secs())
+            }
+        ),
+        columns: COLUMNS.to_vec(),
+        rows,
+        records: Vec::new(),
+    })
+}
+
+/// Warm-up, then `runs` measured runs of every figure on one path. `gateway` is the gateway
+/// process (its peak RSS is reported); `flame` names the flame graphs recorded during run 1.
+fn path(
+    ctx: &Ctx,
+    topo: &Topology,
+    sinks: &Sinks,
+    t: Targets,
+    gateway: Option<u32>,
+    flame: Option<&str>,
+) -> anyhow::Result<Samples> {
+    let window = ctx.window();
+    let warm = ctx.warmup().max(Duration::from_millis(200));
+    if let Some(udp) = t.udp {
+        udp_run(topo, &sinks.received, udp, warm, None)?;
+    }
+    tcp_connects(topo, t.tcp, warm.min(Duration::from_secs(1)))?;
+    let mut s = Samples::default();
+    for run in 0..ctx.runs() {
+        let session = match (flame, &ctx.flame, gateway) {
+            (Some(name), Some(rec), Some(pid)) if run == 0 => Some(rec.start(name, pid)?),
+            _ => None,
+        };
+        if let Some(udp) = t.udp {
+            let (got, _) = udp_run(topo, &sinks.received, udp, window, None)?;
+            s.push("udp_pps", Some(got as f64 / window.as_secs_f64()));
+            let (got, cpu) = udp_run(topo, &sinks.received, udp, window, Some(FIXED_RATE))?;
+            s.push(
+                "cpu_us_per_packet",
+                (got > 0).then(|| cpu * 1e6 / got as f64),
+            );
+        }
+        let mut connects = tcp_connects(topo, t.tcp, window)?;
+        s.push(
+            "tcp_cps",
+            Some(connects.len() as f64 / window.as_secs_f64()),
+        );
+        s.push_latency("connect", &mut connects);
+        if let Some(rr) = t.rr {
+            let mut rtts = udp_rr(topo, rr, window)?;
+            s.push_latency("udp_rr", &mut rtts);
+        }
+        if let (Some(session), Some(rec)) = (session, &ctx.flame) {
+            rec.finish(session)?;
+        }
+    }
+    if let Some(pid) = gateway {
+        s.push("peak_rss_mib", sys::memory_mib(&[pid], "VmHWM"));
+    }
+    if flame.is_some() && ctx.flame.is_some() {
+        s.note("run 1 was recorded by perf (two sessions at 999 Hz)");
+    }
+    Ok(s)
+}
+
+fn nft_rules() -> String {
+    format!(
+        "table ip nodegate_bench {{
+  chain pre {{ type nat hook prerouting priority dstnat; ip daddr {GATEWAY_V4} udp dport {{ {UDP_PORT}, {UDP_RR_PORT} }} dnat to {b}; ip daddr {GATEWAY_V4} tcp dport {TCP_PORT} dnat to {b}:{TCP_PORT}; }}
+  chain post {{ type nat hook postrouting priority srcnat; ip daddr {b} masquerade; }}
+}}",
+        b = backend_v4(0)
+    )
+}
+
+fn nft_apply(topo: &Topology, rules: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut child = topo
+        .gateway
+        .command("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .context("nft stdin")?
+        .write_all(rules.as_bytes())?;
+    if !child.wait()?.success() {
+        bail!("nft -f failed");
+    }
+    Ok(())
+}
+
+fn bench_config() -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: nodegate}}
+spec: {{controllerName: nodegate.io/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: bench, namespace: default}}
+spec:
+  gatewayClassName: nodegate
+  addresses: [{{type: IPAddress, value: {GATEWAY_V4}}}]
+  listeners:
+  - {{name: udp, protocol: UDP, port: {UDP_PORT}}}
+  - {{name: rr, protocol: UDP, port: {UDP_RR_PORT}}}
+  - {{name: tcp, protocol: TCP, port: {TCP_PORT}}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: sink, namespace: default}}
+spec: {{ports: [{{name: udp, port: {UDP_PORT}, protocol: UDP}}, {{name: rr, port: {UDP_RR_PORT}, protocol: UDP}}, {{name: tcp, port: {TCP_PORT}, protocol: TCP}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: sink-1, namespace: default, labels: {{kubernetes.io/service-name: sink}}}}
+addressType: IPv4
+ports: [{{name: udp, port: {UDP_PORT}, protocol: UDP}}, {{name: rr, port: {UDP_RR_PORT}, protocol: UDP}}, {{name: tcp, port: {TCP_PORT}, protocol: TCP}}]
+endpoints: [{{addresses: ['{b}']}}]
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: UDPRoute
+metadata: {{name: udp, namespace: default}}
+spec:
+  parentRefs: [{{name: bench, sectionName: udp}}]
+  rules: [{{backendRefs: [{{name: sink, port: {UDP_PORT}}}]}}]
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: UDPRoute
+metadata: {{name: rr, namespace: default}}
+spec:
+  parentRefs: [{{name: bench, sectionName: rr}}]
+  rules: [{{backendRefs: [{{name: sink, port: {UDP_RR_PORT}}}]}}]
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TCPRoute
+metadata: {{name: tcp, namespace: default}}
+spec:
+  parentRefs: [{{name: bench, sectionName: tcp}}]
+  rules: [{{backendRefs: [{{name: sink, port: {TCP_PORT}}}]}}]
+",
+        b = backend_v4(0)
+    )
+}
+
+/// Starts the backend's sinks, pinned to the gateway CPU (away from the sender).
+fn start_sinks(topo: &Topology) -> anyhow::Result<Sinks> {
+    let b = backend_v4(0);
+    let received = Arc::new(AtomicU64::new(0));
+    let c = received.clone();
+    let (tx, rx) = std::sync::mpsc::channel::<std::io::Result<()>>();
+    let (tx1, tx2) = (tx.clone(), tx.clone());
+    topo.backend.spawn(move || {
+        sys::pin_current_thread(GATEWAY_CPU);
+        let sock = match UdpSocket::bind((b, UDP_PORT)) {
+            Ok(s) => s,
+            Err(e) => return drop(tx.send(Err(e))),
+        };
+        let _ = tx.send(Ok(()));
+        let mut buf = [0u8; 2048];
+        while sock.recv(&mut buf).is_ok() {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    })?;
+    topo.backend.spawn(move || {
+        sys::pin_current_thread(GATEWAY_CPU);
+        let sock = match UdpSocket::bind((b, UDP_RR_PORT)) {
+            Ok(s) => s,
+            Err(e) => return drop(tx1.send(Err(e))),
+        };
+        let _ = tx1.send(Ok(()));
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = sock.recv_from(&mut buf) {
+            let _ = sock.send_to(&buf[..n], from);
+        }
+    })?;
+    topo.backend.spawn(move || {
+        sys::pin_current_thread(GATEWAY_CPU);
+        let listener = match TcpListener::bind((b, TCP_PORT)) {
+            Ok(l) => l,
+            Err(e) => return drop(tx2.send(Err(e))),
+        };
+        let _ = tx2.send(Ok(()));
+        for s in listener.incoming() {
+            drop(s);
+        }
+    })?;
+    for _ in 0..3 {
+        rx.recv()?.context("binding a backend sink")?;
+    }
+    Ok(Sinks { received })
+}
+
+/// Sends 64-byte datagrams from the client namespace (on the load CPU) for `window`, at `rate`
+/// per second or as fast as possible; returns how many the backend received and the machine's
+/// busy CPU seconds.
+fn udp_run(
+    topo: &Topology,
+    received: &AtomicU64,
+    target: SocketAddr,
+    window: Duration,
+    rate: Option<u64>,
+) -> anyhow::Result<(u64, f64)> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let before = received.load(Ordering::Relaxed);
+    let cpu = sys::CpuWindow::start(&[]);
+    let sender = {
+        let ns = topo.client.clone();
+        std::thread::spawn(move || {
+            ns.run(move || {
+                sys::pin_current_thread(LOAD_CPU);
+                let sock = UdpSocket::bind("0.0.0.0:0").unwrap();
+                sock.connect(target).unwrap();
+                let payload = [0x5au8; 64];
+                let start = Instant::now();
+                let mut sent: u64 = 0;
+                while !s.load(Ordering::Relaxed) {
+                    if let Some(r) = rate {
+                        let due = (start.elapsed().as_secs_f64() * r as f64) as u64;
+                        if sent >= due {
+                            std::thread::sleep(Duration::from_micros(200));
+                            continue;
+                        }
+                    }
+                    let _ = sock.send(&payload);
+                    sent += 1;
+                }
+            })
+        })
+    };
+    std::thread::sleep(window);
+    stop.store(true, Ordering::Relaxed);
+    let _ = sender.join();
+    std::thread::sleep(Duration::from_millis(100));
+    let (_, busy) = cpu.end(&[]);
+    Ok((received.load(Ordering::Relaxed) - before, busy))
+}
+
+/// Sequential TCP connects (connect, then close) from the client namespace for `window`; returns
+/// each successful connect's duration.
+fn tcp_connects(
+    topo: &Topology,
+    target: SocketAddr,
+    window: Duration,
+) -> anyhow::Result<Vec<Duration>> {
+    topo.client.run(move || {
+        sys::pin_current_thread(LOAD_CPU);
+        let start = Instant::now();
+        let mut lat = Vec::new();
+        while start.elapsed() < window {
+            let t = Instant::now();
+            if std::net::TcpStream::connect_timeout(&target, Duration::from_secs(1)).is_ok() {
+                lat.push(t.elapsed());
+            }
+        }
+        lat
+    })
+}
+
+/// Sequential UDP request/response round trips for `window`; returns each answered one's RTT.
+fn udp_rr(topo: &Topology, target: SocketAddr, window: Duration) -> anyhow::Result<Vec<Duration>> {
+    topo.client.run(move || {
+        sys::pin_current_thread(LOAD_CPU);
+        let mut lat = Vec::new();
+        let Ok(sock) = UdpSocket::bind("0.0.0.0:0") else {
+            return lat;
+        };
+        if sock.connect(target).is_err()
+            || sock
+                .set_read_timeout(Some(Duration::from_millis(200)))
+                .is_err()
+        {
+            return lat;
+        }
+        let payload = [0x5au8; 64];
+        let mut buf = [0u8; 128];
+        let start = Instant::now();
+        while start.elapsed() < window {
+            let t = Instant::now();
+            if sock.send(&payload).is_ok() && sock.recv(&mut buf).is_ok() {
+                lat.push(t.elapsed());
+            }
+        }
+        lat
+    })
+}

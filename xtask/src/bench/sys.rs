@@ -1,0 +1,153 @@
+//! What the benchmarks read from the system: CPU affinity, /proc/PID/stat CPU time,
+//! /proc/PID/status memory, /proc/stat whole-machine busy time; and stopping what they started.
+
+use std::process::Child;
+
+/// Pins the calling thread to `cpu` (best effort: a machine with fewer CPUs keeps the default).
+pub fn pin_current_thread(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes inside it; pid 0 is the
+    // calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// Clock ticks per second of /proc CPU times.
+pub fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as f64 } else { 100.0 }
+}
+
+/// utime + stime of `pid` in seconds (0 when it is gone).
+pub fn process_cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the parenthesised comm: state is field 3, utime 14, stime 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    (ticks(11) + ticks(12)) as f64 / clock_ticks()
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// `pid` and its direct children (nginx's master and workers).
+pub fn process_tree(pid: u32) -> Vec<u32> {
+    let mut pids = vec![pid];
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            if let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok())
+                && parent_of(p) == Some(pid)
+            {
+                pids.push(p);
+            }
+        }
+    }
+    pids
+}
+
+/// Sum of utime + stime over `pids`, seconds.
+pub fn cpu_seconds(pids: &[u32]) -> f64 {
+    pids.iter().map(|p| process_cpu_seconds(*p)).sum()
+}
+
+/// A `/proc/PID/status` field in kB (VmRSS, VmHWM), summed over `pids`, as MiB.
+pub fn memory_mib(pids: &[u32], field: &str) -> Option<f64> {
+    let mut kb = 0u64;
+    let mut any = false;
+    for pid in pids {
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+            continue;
+        };
+        if let Some(v) = status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        {
+            kb += v;
+            any = true;
+        }
+    }
+    any.then(|| kb as f64 / 1024.0)
+}
+
+/// Whole-machine busy CPU seconds so far (every /proc/stat field but idle and iowait; softirq
+/// included), so the kernel's share of a path counts.
+pub fn machine_busy_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    let total: u64 = fields.iter().take(8).sum();
+    total.saturating_sub(idle) as f64 / clock_ticks()
+}
+
+/// Whole-machine irq + softirq CPU seconds so far (/proc/stat fields 6 and 7).
+pub fn machine_softirq_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    (fields.get(5).copied().unwrap_or(0) + fields.get(6).copied().unwrap_or(0)) as f64
+        / clock_ticks()
+}
+
+/// CPU time over a window: of some processes, and of the whole machine.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuWindow {
+    process: f64,
+    machine: f64,
+}
+
+impl CpuWindow {
+    /// Starts a window over `pids` (may be empty).
+    pub fn start(pids: &[u32]) -> Self {
+        CpuWindow {
+            process: cpu_seconds(pids),
+            machine: machine_busy_seconds(),
+        }
+    }
+
+    /// (process CPU seconds, machine busy seconds) since the start.
+    pub fn end(&self, pids: &[u32]) -> (f64, f64) {
+        (
+            cpu_seconds(pids) - self.process,
+            machine_busy_seconds() - self.machine,
+        )
+    }
+}
+
+/// Stops a child we started: SIGTERM, a grace period, then SIGKILL; reaps it.
+pub fn stop(child: &mut Child) {
+    let pid = child.id() as libc::pid_t;
+    // SAFETY: signalling a child we spawned and have not reaped (its pid cannot be reused).
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}

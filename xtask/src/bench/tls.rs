@@ -1,0 +1,373 @@
+//! `bench tls`: TLS passthrough relay throughput, side by side, in a loopback-only namespace:
+//! nodegate `--passthrough-splice sockmap` (sockhash + SK_SKB verdict: the bytes never reach the
+//! agent), nodegate `--passthrough-splice userspace` (a copy loop in the agent) and haproxy in TCP
+//! mode routing on `req.ssl_sni` (`tcp-request inspect-delay` + `content accept if
+//! { req.ssl_hello_type 1 }`).
+//!
+//! Per run one connection: the client sends a ClientHello with SNI `bulk.example.com`, the
+//! backend reads it and answers first, then both sides stream 64 KiB writes at full speed.
+//! Figures over the window: MiB/s relayed (both directions summed), CPU seconds per GiB of the
+//! gateway process (utime+stime) and of the whole machine (/proc/stat busy time — sockmap's work
+//! happens in softirq, outside any process), and GiB per machine CPU second.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use testbed::{Netns, TempBpffs};
+
+use super::{
+    Ctx, GATEWAY_CPU, LOAD_CPU,
+    loopns::LoopNs,
+    peers::{self, Peer},
+    report::{Column, Section},
+    stats::Samples,
+    sys,
+};
+
+const BACKEND_PORT: u16 = 19443;
+const GATEWAY_PORT: u16 = 19001;
+const SNI: &str = "bulk.example.com";
+const BLOCK: usize = 64 * 1024;
+const GREETING: &[u8] = b"HELLO";
+const GIB: f64 = (1u64 << 30) as f64;
+
+const COLUMNS: &[Column] = &[
+    Column {
+        key: "mib_per_s",
+        label: "MiB/s (both directions)",
+        digits: 0,
+    },
+    Column {
+        key: "gateway_cpu_s_per_gib",
+        label: "gateway process CPU-s/GiB",
+        digits: 3,
+    },
+    Column {
+        key: "machine_cpu_s_per_gib",
+        label: "machine CPU-s/GiB",
+        digits: 3,
+    },
+    Column {
+        key: "own_cpu_s_per_gib",
+        label: "load+gateway+softirq CPU-s/GiB",
+        digits: 3,
+    },
+    Column {
+        key: "gib_per_machine_cpu_s",
+        label: "GiB per machine CPU-s",
+        digits: 3,
+    },
+    Column {
+        key: "peak_rss_mib",
+        label: "gateway peak RSS MiB",
+        digits: 1,
+    },
+];
+
+/// Runs the TLS passthrough benchmark and returns its section.
+pub fn run(ctx: &Ctx) -> anyhow::Result<Section> {
+    testbed::require_root("`cargo xtask bench tls` (network namespace, BPF programs)")?;
+    crate::packages::ensure(super::PEER_TOOLS)?;
+    let lo = LoopNs::create("tls")?;
+    let ns = &lo.ns;
+    let hello = client_hello(SNI);
+    start_backend(ns, hello.len())?;
+    let mut rows = Vec::new();
+    for peer in ["nodegate sockmap", "nodegate userspace", "haproxy"] {
+        eprintln!("bench tls: {peer}");
+        let bpffs = TempBpffs::mount("bench-tls")?;
+        let config = peers::scratch("tls-config")?;
+        let mut gw = start_gateway(ctx, ns, peer, &bpffs, &config)?;
+        peers::wait_listening(&mut gw, ns, local(GATEWAY_PORT))?;
+        let s = measure(ctx, ns, peer, &gw, &hello);
+        drop(gw);
+        let _ = std::fs::remove_dir_all(&config);
+        rows.push(s?.into_row(peer));
+    }
+    Ok(Section {
+        key: "tls",
+        title: "TLS passthrough".into(),
+        about: format!(
+            "Loopback namespace; one connection per run: ClientHello with SNI `{SNI}`, the \
+             backend answers first, then both sides stream 64 KiB writes. Client and backend \
+             (4 threads) on CPU {LOAD_CPU}, the gateway process on CPU {GATEWAY_CPU}. On \
+             loopback the sockmap redirect runs in the sender's softirq, i.e. on CPU \
+             {LOAD_CPU}: its throughput shares that core with the load, so the per-CPU-second \
+             figure is the fair comparison. Machine CPU is /proc/stat busy time of the whole machine \
+             (it includes anything else running, e.g. other builds); `load+gateway+softirq` is \
+             the utime+stime of the load generator and the gateway plus irq+softirq time, which \
+             leaves out kworkers (sockmap's `sk_psock_backlog`). {} runs of {} s{}.",
+            ctx.runs(),
+            ctx.window().as_secs(),
+            if ctx.warmup().is_zero() {
+                ", no warm-up (smoke)".to_string()
+            } else {
+                format!(
+                    ", each after a {} s warm-up on its connection",
+                    ctx.warmup().as_secs()
+                )
+            }
+        ),
+        columns: COLUMNS.to_vec(),
+        rows,
+        records: Vec::new(),
+    })
+}
+
+fn local(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn start_gateway(
+    ctx: &Ctx,
+    ns: &Netns,
+    peer: &str,
+    bpffs: &TempBpffs,
+    config: &std::path::Path,
+) -> anyhow::Result<Peer> {
+    if peer == "haproxy" {
+        return peers::haproxy(
+            ns,
+            GATEWAY_CPU,
+            "tls",
+            &format!(
+                "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  \
+                 timeout server 60s\n\nfrontend tls\n  bind 127.0.0.1:{GATEWAY_PORT}\n  \
+                 tcp-request inspect-delay 5s\n  \
+                 tcp-request content accept if {{ req.ssl_hello_type 1 }}\n  \
+                 use_backend bulk if {{ req.ssl_sni -i {SNI} }}\n\n\
+                 backend bulk\n  server b 127.0.0.1:{BACKEND_PORT}\n"
+            ),
+        );
+    }
+    let mode = peer.strip_prefix("nodegate ").context("peer name")?;
+    std::fs::write(config.join("tls.yaml"), nodegate_config())?;
+    peers::agent(
+        ns,
+        GATEWAY_CPU,
+        &ctx.agent,
+        config,
+        "127.0.0.1:9901".parse()?,
+        &[
+            "--bind-address",
+            "127.0.0.1",
+            "--passthrough-splice",
+            mode,
+            "--bpffs",
+            &bpffs.path().display().to_string(),
+        ],
+        &[("TOKIO_WORKER_THREADS", "1")],
+    )
+}
+
+fn nodegate_config() -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: nodegate}}
+spec: {{controllerName: nodegate.io/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: bench, namespace: default}}
+spec:
+  gatewayClassName: nodegate
+  listeners: [{{name: tls, protocol: TLS, port: {GATEWAY_PORT}, tls: {{mode: Passthrough}}}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: bulk, namespace: default}}
+spec: {{ports: [{{name: tls, port: 443}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: bulk-1, namespace: default, labels: {{kubernetes.io/service-name: bulk}}}}
+addressType: IPv4
+ports: [{{name: tls, port: {BACKEND_PORT}}}]
+endpoints: [{{addresses: [127.0.0.1]}}]
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TLSRoute
+metadata: {{name: bulk, namespace: default}}
+spec:
+  parentRefs: [{{name: bench}}]
+  hostnames: [{SNI}]
+  rules: [{{backendRefs: [{{name: bulk, port: 443}}]}}]
+"
+    )
+}
+
+/// Bytes each side has received so far, shared by the backend and the client.
+struct Counters {
+    backend_rx: AtomicU64,
+    client_rx: AtomicU64,
+}
+
+static COUNTERS: Counters = Counters {
+    backend_rx: AtomicU64::new(0),
+    client_rx: AtomicU64::new(0),
+};
+
+fn total_bytes() -> u64 {
+    COUNTERS.backend_rx.load(Ordering::Relaxed) + COUNTERS.client_rx.load(Ordering::Relaxed)
+}
+
+/// The backend: for each connection, read the hello, answer, then stream back while reading.
+fn start_backend(ns: &Netns, hello_len: usize) -> anyhow::Result<()> {
+    let (tx, rx) = std::sync::mpsc::channel::<std::io::Result<()>>();
+    ns.spawn(move || {
+        sys::pin_current_thread(LOAD_CPU);
+        let listener = match TcpListener::bind(local(BACKEND_PORT)) {
+            Ok(l) => l,
+            Err(e) => return drop(tx.send(Err(e))),
+        };
+        let _ = tx.send(Ok(()));
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                sys::pin_current_thread(LOAD_CPU);
+                let mut s = conn;
+                let mut hello = vec![0u8; hello_len];
+                if s.read_exact(&mut hello).is_err() || s.write_all(GREETING).is_err() {
+                    return;
+                }
+                stream_both_ways(s, &COUNTERS.backend_rx);
+            });
+        }
+    })?;
+    rx.recv()?.context("binding the TLS bulk backend")
+}
+
+/// Writes 64 KiB blocks on a clone of `s` until it fails, while reading into `rx`.
+fn stream_both_ways(s: TcpStream, rx: &'static AtomicU64) {
+    if let Ok(mut w) = s.try_clone() {
+        std::thread::spawn(move || {
+            sys::pin_current_thread(LOAD_CPU);
+            let buf = vec![0x17u8; BLOCK];
+            while w.write_all(&buf).is_ok() {}
+        });
+    }
+    let mut r = s;
+    let mut buf = vec![0u8; BLOCK];
+    while let Ok(n) = r.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        rx.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    let _ = r.shutdown(Shutdown::Both);
+}
+
+/// One connection per run: hello, greeting, warm-up, then the measured window.
+fn measure(ctx: &Ctx, ns: &Netns, peer: &str, gw: &Peer, hello: &[u8]) -> anyhow::Result<Samples> {
+    let mut s = Samples::default();
+    let pids = gw.pids();
+    let window = ctx.window();
+    for run in 0..ctx.runs() {
+        let hello = hello.to_vec();
+        let client = ns.run(move || -> anyhow::Result<TcpStream> {
+            sys::pin_current_thread(LOAD_CPU);
+            let mut c = TcpStream::connect_timeout(&local(GATEWAY_PORT), Duration::from_secs(5))?;
+            c.set_read_timeout(Some(Duration::from_secs(5)))?;
+            c.write_all(&hello)?;
+            let mut greeting = [0u8; GREETING.len()];
+            c.read_exact(&mut greeting)
+                .context("no answer from the backend through the gateway")?;
+            if greeting != GREETING {
+                bail!("unexpected greeting {greeting:?}");
+            }
+            c.set_read_timeout(None)?;
+            Ok(c)
+        })??;
+        let done = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let c = client.try_clone()?;
+            let done = done.clone();
+            std::thread::spawn(move || {
+                sys::pin_current_thread(LOAD_CPU);
+                stream_both_ways(c, &COUNTERS.client_rx);
+                done.store(true, Ordering::Relaxed);
+            })
+        };
+        std::thread::sleep(ctx.warmup().max(Duration::from_millis(200)));
+        let session = match &ctx.flame {
+            Some(rec) if run == 0 && peer.starts_with("nodegate") => {
+                Some(rec.start(&format!("tls-{}", peer.replace(' ', "-")), gw.pid())?)
+            }
+            _ => None,
+        };
+        let mut own_pids = pids.clone();
+        own_pids.push(std::process::id());
+        let (bytes0, cpu) = (total_bytes(), sys::CpuWindow::start(&pids));
+        let (own0, softirq0) = (sys::cpu_seconds(&own_pids), sys::machine_softirq_seconds());
+        std::thread::sleep(window);
+        let (gw_cpu, machine_cpu) = cpu.end(&pids);
+        let own_cpu =
+            sys::cpu_seconds(&own_pids) - own0 + sys::machine_softirq_seconds() - softirq0;
+        let bytes = total_bytes() - bytes0;
+        if let (Some(session), Some(rec)) = (session, &ctx.flame) {
+            rec.finish(session)?;
+        }
+        let stalled = done.load(Ordering::Relaxed);
+        let _ = client.shutdown(Shutdown::Both);
+        let _ = reader.join();
+        if bytes == 0 || stalled {
+            s.note(format!(
+                "run {}: the stream ended early ({bytes} bytes)",
+                run + 1
+            ));
+        }
+        let gib = bytes as f64 / GIB;
+        s.push(
+            "mib_per_s",
+            Some(bytes as f64 / 1048576.0 / window.as_secs_f64()),
+        );
+        s.push("gateway_cpu_s_per_gib", (gib > 0.0).then(|| gw_cpu / gib));
+        s.push(
+            "machine_cpu_s_per_gib",
+            (gib > 0.0).then(|| machine_cpu / gib),
+        );
+        s.push("own_cpu_s_per_gib", (gib > 0.0).then(|| own_cpu / gib));
+        s.push(
+            "gib_per_machine_cpu_s",
+            (machine_cpu > 0.0).then(|| gib / machine_cpu),
+        );
+    }
+    s.push("peak_rss_mib", sys::memory_mib(&gw.pids(), "VmHWM"));
+    if ctx.flame.is_some() && peer.starts_with("nodegate") {
+        s.note("run 1 was recorded by perf (999 Hz, agent and system-wide)");
+    }
+    Ok(s)
+}
+
+/// A ClientHello record for `sni` (TLS 1.2 version fields, one cipher suite, SNI only), as
+/// gateway-agent/tests/tls_passthrough.rs builds it.
+fn client_hello(sni: &str) -> Vec<u8> {
+    let mut body = vec![3, 3];
+    body.extend([7u8; 32]);
+    body.push(0);
+    body.extend([0, 2, 0x13, 0x01, 1, 0]);
+    let mut entry = vec![0];
+    entry.extend((sni.len() as u16).to_be_bytes());
+    entry.extend(sni.as_bytes());
+    let mut ext = vec![0, 0];
+    ext.extend(((entry.len() + 2) as u16).to_be_bytes());
+    ext.extend((entry.len() as u16).to_be_bytes());
+    ext.extend(entry);
+    body.extend((ext.len() as u16).to_be_bytes());
+    body.extend(ext);
+    let mut hs = vec![1];
+    hs.extend(&(body.len() as u32).to_be_bytes()[1..]);
+    hs.extend(body);
+    let mut record = vec![22, 3, 1];
+    record.extend((hs.len() as u16).to_be_bytes());
+    record.extend(hs);
+    record
+}
