@@ -90,10 +90,11 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         topo.client.name, topo.gateway.name, GATEWAY_CLIENT_IFACE, topo.backend.name
     );
 
+    let others = nodegate_programs()?;
     let mut agent = Agent::start(&topo, &agent_bin, &config_dir, bpffs.path(), args)?;
     let result = drive(&topo, bpffs.path()).and_then(|()| tls.check(&topo));
     let stopped = agent.stop();
-    let detached = check_detached();
+    let detached = check_detached(&others);
     result.and(stopped).and(detached)?;
     println!("== done: agent stopped, programs detached, namespaces removed");
     Ok(())
@@ -475,11 +476,38 @@ impl Drop for Agent {
     }
 }
 
-/// After SIGTERM no nodegate program stays loaded.
-fn check_detached() -> anyhow::Result<()> {
-    let progs = testbed::sh("bpftool", &["prog", "show"])?;
-    if progs.contains("nodegate_") {
-        bail!("nodegate programs still loaded after the agent stopped:\n{progs}");
+/// The nodegate programs loaded now: (id, `bpftool prog show` lines).
+fn nodegate_programs() -> anyhow::Result<Vec<(u64, String)>> {
+    let json = testbed::sh("bpftool", &["-j", "prog", "show"])?;
+    let progs: serde_json::Value =
+        serde_json::from_str(&json).context("parsing bpftool's program list")?;
+    Ok(progs
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .filter(|p| {
+            p["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("nodegate_"))
+        })
+        .filter_map(|p| Some((p["id"].as_u64()?, p.to_string())))
+        .collect())
+}
+
+/// After SIGTERM none of the demo agent's programs stays loaded: every nodegate program loaded
+/// now was already loaded before it started (another agent on this machine, not ours).
+fn check_detached(before: &[(u64, String)]) -> anyhow::Result<()> {
+    let left: Vec<String> = nodegate_programs()?
+        .into_iter()
+        .filter(|(id, _)| !before.iter().any(|(b, _)| b == id))
+        .map(|(_, p)| p)
+        .collect();
+    if !left.is_empty() {
+        bail!(
+            "nodegate programs still loaded after the agent stopped:\n{}",
+            left.join("\n")
+        );
     }
     Ok(())
 }
