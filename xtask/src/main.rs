@@ -50,7 +50,8 @@ enum Task {
     /// The main job on the embedded default: a client/gateway/backend netns topology, the agent on
     /// examples/standalone, real traffic, a report, and a full teardown (needs root).
     Demo(demo::DemoArgs),
-    /// Benchmarks (not tests): L4 paths side by side in one topology, and the model compile.
+    /// Benchmarks (not tests): L4, L7, TLS passthrough and the model compile, each with its peers
+    /// side by side in one run; optional flame graphs.
     Bench(bench::BenchArgs),
 }
 
