@@ -251,30 +251,6 @@ fn splice_bytes(agent: &Agent) -> u64 {
         .sum()
 }
 
-/// A ClientHello record for `sni` (TLS 1.2 version fields, one cipher suite, SNI only).
-fn client_hello(sni: &str) -> Vec<u8> {
-    let mut body = vec![3, 3];
-    body.extend([7u8; 32]);
-    body.push(0);
-    body.extend([0, 2, 0x13, 0x01, 1, 0]);
-    let mut entry = vec![0];
-    entry.extend((sni.len() as u16).to_be_bytes());
-    entry.extend(sni.as_bytes());
-    let mut ext = vec![0, 0];
-    ext.extend(((entry.len() + 2) as u16).to_be_bytes());
-    ext.extend((entry.len() as u16).to_be_bytes());
-    ext.extend(entry);
-    body.extend((ext.len() as u16).to_be_bytes());
-    body.extend(ext);
-    let mut hs = vec![1];
-    hs.extend(&(body.len() as u32).to_be_bytes()[1..]);
-    hs.extend(body);
-    let mut record = vec![22, 3, 1];
-    record.extend((hs.len() as u16).to_be_bytes());
-    record.extend(hs);
-    record
-}
-
 const BLOCK: usize = 64 * 1024;
 /// Blocks in 1 GiB.
 const GIB_BLOCKS: u64 = (1 << 30) / BLOCK as u64;
@@ -368,7 +344,7 @@ enum Client {
 /// concurrent connections open and close and leave no map entry or fd behind.
 fn bulk_and_churn(mode: &str, talk: Client, blocks: u64) {
     testbed::require_root("the TLS passthrough end-to-end test").unwrap();
-    let hello = client_hello("bulk.example.com");
+    let hello = testbed::tls_client_hello("bulk.example.com");
     let (tx, rx) = std::sync::mpsc::channel();
     let backend_port = bulk_backend(hello.len(), blocks, tx);
     let gw_port = free_port();

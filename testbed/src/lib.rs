@@ -850,3 +850,28 @@ pub fn self_signed_certificate(dir: &Path, name: &str) -> anyhow::Result<(PathBu
     }
     Ok((cert, key))
 }
+
+/// A minimal TLS ClientHello record for `sni` (TLS 1.2 version fields, one cipher suite, the SNI
+/// extension only): what the passthrough tests and benchmark send before streaming bytes.
+pub fn tls_client_hello(sni: &str) -> Vec<u8> {
+    let mut body = vec![3, 3];
+    body.extend([7u8; 32]);
+    body.push(0);
+    body.extend([0, 2, 0x13, 0x01, 1, 0]);
+    let mut entry = vec![0];
+    entry.extend((sni.len() as u16).to_be_bytes());
+    entry.extend(sni.as_bytes());
+    let mut ext = vec![0, 0];
+    ext.extend(((entry.len() + 2) as u16).to_be_bytes());
+    ext.extend((entry.len() as u16).to_be_bytes());
+    ext.extend(entry);
+    body.extend((ext.len() as u16).to_be_bytes());
+    body.extend(ext);
+    let mut hs = vec![1];
+    hs.extend(&(body.len() as u32).to_be_bytes()[1..]);
+    hs.extend(body);
+    let mut record = vec![22, 3, 1];
+    record.extend((hs.len() as u16).to_be_bytes());
+    record.extend(hs);
+    record
+}

@@ -78,7 +78,7 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Section> {
     crate::packages::ensure(super::PEER_TOOLS)?;
     let lo = LoopNs::create("tls")?;
     let ns = &lo.ns;
-    let hello = client_hello(SNI);
+    let hello = testbed::tls_client_hello(SNI);
     start_backend(ns, hello.len())?;
     let mut rows = Vec::new();
     for peer in ["nodegate sockmap", "nodegate userspace", "haproxy"] {
@@ -345,29 +345,4 @@ fn measure(ctx: &Ctx, ns: &Netns, peer: &str, gw: &Peer, hello: &[u8]) -> anyhow
         s.note("run 1 was recorded by perf (999 Hz, agent and system-wide)");
     }
     Ok(s)
-}
-
-/// A ClientHello record for `sni` (TLS 1.2 version fields, one cipher suite, SNI only), as
-/// gateway-agent/tests/tls_passthrough.rs builds it.
-fn client_hello(sni: &str) -> Vec<u8> {
-    let mut body = vec![3, 3];
-    body.extend([7u8; 32]);
-    body.push(0);
-    body.extend([0, 2, 0x13, 0x01, 1, 0]);
-    let mut entry = vec![0];
-    entry.extend((sni.len() as u16).to_be_bytes());
-    entry.extend(sni.as_bytes());
-    let mut ext = vec![0, 0];
-    ext.extend(((entry.len() + 2) as u16).to_be_bytes());
-    ext.extend((entry.len() as u16).to_be_bytes());
-    ext.extend(entry);
-    body.extend((ext.len() as u16).to_be_bytes());
-    body.extend(ext);
-    let mut hs = vec![1];
-    hs.extend(&(body.len() as u32).to_be_bytes()[1..]);
-    hs.extend(body);
-    let mut record = vec![22, 3, 1];
-    record.extend((hs.len() as u16).to_be_bytes());
-    record.extend(hs);
-    record
 }
