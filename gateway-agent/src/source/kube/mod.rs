@@ -264,6 +264,25 @@ impl KubeSource {
         self.readings.take().unwrap_or_else(|| mpsc::channel(1).1)
     }
 
+    /// This node's InternalIP addresses (for `--interface auto`); none, with a warning, when the
+    /// Node cannot be read.
+    pub async fn node_internal_ips(&self) -> Vec<std::net::IpAddr> {
+        match Api::<Node>::all(self.client.clone())
+            .get_opt(&self.opts.node_name)
+            .await
+        {
+            Ok(Some(node)) => nodes::internal_ips(&node),
+            Ok(None) => {
+                tracing::warn!(node = %self.opts.node_name, "no Node of this name; interfaces are chosen by default route only");
+                Vec::new()
+            }
+            Err(e) => {
+                tracing::warn!(node = %self.opts.node_name, error = %e, "reading this Node failed; interfaces are chosen by default route only");
+                Vec::new()
+            }
+        }
+    }
+
     /// Starts the Lease election and the status writer on `snapshots`.
     pub fn write_statuses(&mut self, snapshots: tokio_watch::Receiver<Arc<Snapshot>>) {
         if !self.opts.write_status {
