@@ -176,6 +176,7 @@ async fn run(args: cli::RunArgs) -> anyhow::Result<()> {
     tracing::info!(admin = %args.admin_address, "agent ready");
     shutdown_signal().await;
     tracing::info!("shutting down");
+    source.shutdown().await;
     source_task.abort();
     drop(source);
     dataplane_task.abort();
@@ -251,6 +252,13 @@ impl Source {
             readings: Some(readings),
             _watcher: watcher,
         })
+    }
+
+    /// Clean shutdown of the source (the cluster source releases its Lease).
+    async fn shutdown(&mut self) {
+        if let Source::Kube(k) = self {
+            k.shutdown().await;
+        }
     }
 
     /// The first reading (once).
