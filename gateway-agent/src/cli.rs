@@ -52,7 +52,9 @@ pub enum AttachMode {
 pub struct RunArgs {
     #[command(flatten)]
     pub source: SourceArgs,
-    /// Interface to attach the L4 programs to (repeatable).
+    /// Interface to attach the L4 programs to (repeatable). `auto`: the node's uplinks, as Cilium
+    /// detects them (up, not loopback, a global unicast address, and a default route or, with
+    /// --kube, one of the Node's InternalIPs; never veth/CNI/bridge/tunnel interfaces).
     #[arg(long = "interface", value_name = "IFACE")]
     pub interfaces: Vec<String>,
     /// How to attach the programs.

@@ -11,6 +11,7 @@ mod proxy;
 mod snapshot;
 mod sockets;
 mod source;
+mod uplinks;
 
 use std::sync::Arc;
 
@@ -58,9 +59,16 @@ async fn run(args: cli::RunArgs) -> anyhow::Result<()> {
     let first = Arc::new(Snapshot::compile(1, first_reading, &mut compiler));
     let (snapshots, mut updates) = watch::channel(first.clone());
 
+    let node_ips = match &source {
+        Source::Kube(k) if args.interfaces.iter().any(|i| i == uplinks::AUTO) => {
+            k.node_internal_ips().await
+        }
+        _ => Vec::new(),
+    };
+    let interfaces = uplinks::resolve(&args.interfaces, &node_ips).context("--interface auto")?;
     let dataplane = Arc::new(Mutex::new(
         dataplane::Dataplane::start(&dataplane::Options {
-            interfaces: args.interfaces.clone(),
+            interfaces,
             attach: args.attach,
             bpffs: args.bpffs.clone(),
             snat_ports: args.snat_ports,
@@ -168,6 +176,7 @@ async fn run(args: cli::RunArgs) -> anyhow::Result<()> {
     tracing::info!(admin = %args.admin_address, "agent ready");
     shutdown_signal().await;
     tracing::info!("shutting down");
+    source.shutdown().await;
     source_task.abort();
     drop(source);
     dataplane_task.abort();
@@ -243,6 +252,13 @@ impl Source {
             readings: Some(readings),
             _watcher: watcher,
         })
+    }
+
+    /// Clean shutdown of the source (the cluster source releases its Lease).
+    async fn shutdown(&mut self) {
+        if let Source::Kube(k) = self {
+            k.shutdown().await;
+        }
     }
 
     /// The first reading (once).

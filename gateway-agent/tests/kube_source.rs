@@ -3,7 +3,8 @@
 //! (`support/apiserver.rs`) and must follow created, changed and deleted objects into its model,
 //! relist after 410 Gone, re-watch after dropped connections, ignore a CRD that is not
 //! installed, write each status once by server-side apply, record an Event for a rejected
-//! object, and elect one status writer among two agents, with take-over when the writer dies.
+//! object, and elect one status writer among two agents, with take-over when the writer dies and
+//! at once when it shuts down cleanly (it releases the Lease).
 
 #[path = "support/apiserver.rs"]
 mod apiserver;
@@ -101,6 +102,17 @@ fn free_port() -> u16 {
 
 impl KubeAgent {
     fn start(api: &ApiServer, bpffs: &TempBpffs, node: &str, extra: &[&str]) -> Self {
+        Self::start_with_lease(api, bpffs, node, "3s", extra)
+    }
+
+    /// [`KubeAgent::start`] with the given `--lease-duration`.
+    fn start_with_lease(
+        api: &ApiServer,
+        bpffs: &TempBpffs,
+        node: &str,
+        lease_duration: &str,
+        extra: &[&str],
+    ) -> Self {
         let tag = format!("{}-{node}-{}", std::process::id(), free_port());
         let kubeconfig = std::env::temp_dir().join(format!("nodegate-kubeconfig-{tag}"));
         api.write_kubeconfig(&kubeconfig, node);
@@ -124,7 +136,7 @@ impl KubeAgent {
             .args(["--node-name", node, "--lease-namespace", "nodegate-system"])
             .args([
                 "--lease-duration",
-                "3s",
+                lease_duration,
                 "--kube-missing-retry",
                 "1s",
                 "--kube-max-backoff",
@@ -198,6 +210,22 @@ impl KubeAgent {
         if r.is_err() {
             panic!("{what}: model is {:?}, want {want:?}", self.l4());
         }
+    }
+
+    /// SIGTERM, and the agent must exit successfully.
+    fn term(&mut self) {
+        let mut c = self.child.take().expect("agent running");
+        let sent = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let status = c.wait().unwrap();
+        assert!(
+            status.success(),
+            "exit after SIGTERM: {status}\n{}",
+            self.log()
+        );
     }
 
     fn kill(&mut self) {
@@ -517,4 +545,56 @@ fn two_agents_elect_one_status_writer_and_the_second_takes_over() {
         "after the take-over only the survivor patches"
     );
     drop(dead);
+}
+
+#[test]
+fn the_leader_releases_its_lease_on_sigterm_and_the_other_takes_over_at_once() {
+    testbed::require_root("the cluster-mode test (the agent loads its BPF object)").unwrap();
+    let api = cluster();
+    let (bpffs_a, bpffs_b) = (
+        TempBpffs::mount("kubera").unwrap(),
+        TempBpffs::mount("kuberb").unwrap(),
+    );
+    // A 6s lease (attempts every 2s): a holder that merely stopped renewing is taken over no
+    // sooner than 4s after its last renewal; a released one at the other's next attempt.
+    const LEASE: Duration = Duration::from_secs(6);
+    let a = KubeAgent::start_with_lease(&api, &bpffs_a, "node-a", "6s", &[]);
+    let b = KubeAgent::start_with_lease(&api, &bpffs_b, "node-b", "6s", &[]);
+    let leader =
+        testbed::wait_for(Duration::from_secs(15), "a lease holder", || holder(&api)).unwrap();
+    let (mut leaving, survivor, survivor_name) = if leader == "node-a" {
+        (a, b, "node-b")
+    } else {
+        (b, a, "node-a")
+    };
+    // Let the other agent see the holder renew at least once.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(holder(&api).as_deref(), Some(leader.as_str()));
+
+    let sigterm = std::time::Instant::now();
+    leaving.term();
+    assert!(
+        leaving.log().contains("released the status-writer lease"),
+        "{}",
+        leaving.log()
+    );
+    testbed::wait_for(LEASE, "the take-over", || {
+        (holder(&api).as_deref() == Some(survivor_name)).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", survivor.log()));
+    let took = sigterm.elapsed();
+    assert!(
+        took < Duration::from_millis(3500),
+        "take-over {took:?} after SIGTERM: not well before the {LEASE:?} lease"
+    );
+    let lease = api
+        .get(
+            "coordination.k8s.io/v1",
+            "Lease",
+            "nodegate-system",
+            "nodegate-status-writer",
+        )
+        .unwrap();
+    assert_eq!(lease["spec"]["leaseDurationSeconds"], 6, "{lease}");
+    drop(survivor);
 }

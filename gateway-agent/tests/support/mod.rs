@@ -79,6 +79,26 @@ impl Agent {
         attach: &str,
         extra: &[&str],
     ) -> anyhow::Result<Self> {
+        Self::start_on(
+            topo,
+            bpffs,
+            config,
+            attach,
+            &[GATEWAY_CLIENT_IFACE, testbed::GATEWAY_BACKEND_IFACE],
+            extra,
+        )
+    }
+
+    /// [`Agent::start_with`] with the given `--interface` values instead of both gateway
+    /// interfaces.
+    pub fn start_on(
+        topo: &Topology,
+        bpffs: &TempBpffs,
+        config: &Path,
+        attach: &str,
+        interfaces: &[&str],
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let log_path =
             std::env::temp_dir().join(format!("nodegate-agent-{}-{}.log", topo.prefix(), attach));
         let log = std::fs::File::create(&log_path)?;
@@ -92,15 +112,8 @@ impl Agent {
                 "--config-dir",
             ])
             .arg(config)
-            .args([
-                "--interface",
-                GATEWAY_CLIENT_IFACE,
-                "--interface",
-                testbed::GATEWAY_BACKEND_IFACE,
-                "--attach",
-                attach,
-                "--bpffs",
-            ])
+            .args(interfaces.iter().flat_map(|i| ["--interface", i]))
+            .args(["--attach", attach, "--bpffs"])
             .arg(bpffs.path())
             .args(["--admin-address", ADMIN])
             .args(extra)
@@ -265,6 +278,23 @@ impl Drop for Agent {
 }
 
 impl Agent {
+    /// The interfaces the programs are attached to, from `/debug/dataplane`, sorted.
+    pub fn attached_interfaces(&self) -> anyhow::Result<Vec<String>> {
+        let (status, body) = self.get("/debug/dataplane")?;
+        if status != 200 {
+            bail!("/debug/dataplane answered {status}");
+        }
+        let v: serde_json::Value = serde_json::from_str(&body)?;
+        let mut names: Vec<String> = v["attachments"]
+            .as_array()
+            .context("attachments")?
+            .iter()
+            .filter_map(|a| a["interface"].as_str().map(str::to_string))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
     /// The ids of the programs the agent attached, from `/debug/dataplane`.
     pub fn program_ids(&self) -> anyhow::Result<Vec<u64>> {
         let (status, body) = self.get("/debug/dataplane")?;

@@ -72,7 +72,12 @@ pub struct KubeSource {
     nodes: tokio_watch::Receiver<Vec<String>>,
     uids: store::Uids,
     tasks: Vec<JoinHandle<()>>,
+    /// The election: its stop signal and task, for [`KubeSource::shutdown`].
+    lease: Option<(tokio::sync::oneshot::Sender<()>, JoinHandle<()>)>,
 }
+
+/// Longest wait for the Lease release on shutdown.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The kinds of the model's input, all watched.
 const KINDS: [Kind; 12] = [
@@ -248,6 +253,7 @@ impl KubeSource {
             nodes,
             uids,
             tasks,
+            lease: None,
         })
     }
 
@@ -264,6 +270,25 @@ impl KubeSource {
         self.readings.take().unwrap_or_else(|| mpsc::channel(1).1)
     }
 
+    /// This node's InternalIP addresses (for `--interface auto`); none, with a warning, when the
+    /// Node cannot be read.
+    pub async fn node_internal_ips(&self) -> Vec<std::net::IpAddr> {
+        match Api::<Node>::all(self.client.clone())
+            .get_opt(&self.opts.node_name)
+            .await
+        {
+            Ok(Some(node)) => nodes::internal_ips(&node),
+            Ok(None) => {
+                tracing::warn!(node = %self.opts.node_name, "no Node of this name; interfaces are chosen by default route only");
+                Vec::new()
+            }
+            Err(e) => {
+                tracing::warn!(node = %self.opts.node_name, error = %e, "reading this Node failed; interfaces are chosen by default route only");
+                Vec::new()
+            }
+        }
+    }
+
     /// Starts the Lease election and the status writer on `snapshots`.
     pub fn write_statuses(&mut self, snapshots: tokio_watch::Receiver<Arc<Snapshot>>) {
         if !self.opts.write_status {
@@ -277,8 +302,9 @@ impl KubeSource {
             duration: self.opts.lease_duration,
         };
         let leases = Api::namespaced(self.client.clone(), &self.opts.lease_namespace);
-        self.tasks
-            .push(tokio::spawn(lease::run(leases, lease_opts, leader_tx)));
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let election = tokio::spawn(lease::run(leases, lease_opts, leader_tx, stopped));
+        self.lease = Some((stop, election));
         let writer = status::Writer::new(
             self.client.clone(),
             self.opts.node_name.clone(),
@@ -292,10 +318,31 @@ impl KubeSource {
     }
 }
 
+impl KubeSource {
+    /// Clean shutdown: stops writing statuses and releases the status-writer Lease if we hold it
+    /// (waiting at most [`RELEASE_TIMEOUT`]), so another agent takes over at once.
+    pub async fn shutdown(&mut self) {
+        if let Some((stop, election)) = self.lease.take() {
+            let _ = stop.send(());
+            let abort = election.abort_handle();
+            if tokio::time::timeout(RELEASE_TIMEOUT, election)
+                .await
+                .is_err()
+            {
+                tracing::warn!("releasing the status-writer lease timed out");
+                abort.abort();
+            }
+        }
+    }
+}
+
 impl Drop for KubeSource {
     fn drop(&mut self) {
         for t in &self.tasks {
             t.abort();
+        }
+        if let Some((_, election)) = &self.lease {
+            election.abort();
         }
     }
 }

@@ -23,6 +23,18 @@ pub fn addresses(node: &Node) -> Vec<String> {
         .collect()
 }
 
+/// The InternalIP addresses of `node` that parse as IP addresses.
+pub fn internal_ips(node: &Node) -> Vec<std::net::IpAddr> {
+    node.status
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|a| a.type_ == "InternalIP")
+        .filter_map(|a| a.address.parse().ok())
+        .collect()
+}
+
 /// Watches Nodes and publishes every node's addresses (by node name, deduplicated).
 pub async fn run(api: Api<Node>, opts: WatchOptions, tx: watch::Sender<Vec<String>>) {
     let mut by_node: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -88,5 +100,9 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(addresses(&node), ["10.0.0.1", "203.0.113.1"]);
+        assert_eq!(
+            internal_ips(&node),
+            ["10.0.0.1".parse::<std::net::IpAddr>().unwrap()]
+        );
     }
 }
