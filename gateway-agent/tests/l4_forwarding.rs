@@ -2,7 +2,8 @@
 //! the kernel program with NAT through the gateway namespace (client → gateway → backends), with
 //! real sockets at both ends; weights hold over many flows; an established connection survives a
 //! route change that adds a backend; traffic for ports without a listener still reaches the
-//! gateway's own sockets; and the connection table never grows past --conntrack-size.
+//! gateway's own sockets; the connection table never grows past --conntrack-size; and ICMP and
+//! ICMPv6 errors about a flow reach its client.
 
 mod support;
 
@@ -472,13 +473,11 @@ fn established_connections_survive_an_agent_restart() {
     );
 }
 
-/// An ICMP error about a NATed flow (here: port unreachable from a backend with nothing
-/// listening) is translated back, so the client's socket sees "connection refused".
-#[test]
-fn icmp_errors_are_translated_back_to_the_client() {
-    let topo = Topology::create("icmp", 3).expect("topology");
-    let bpffs = TempBpffs::mount("icmp").unwrap();
-    let yaml = format!(
+/// The ICMP tests' configuration, on both gateway addresses: UDP 5400 goes to `nobody` (backend
+/// 2, where nothing listens, so its kernel answers "port unreachable"), UDP 5401 to `sink`
+/// (backend 0, where a test binds its own socket when it needs one).
+fn icmp_config() -> String {
+    format!(
         "apiVersion: gateway.networking.k8s.io/v1
 kind: GatewayClass
 metadata: {{name: nodegate}}
@@ -489,36 +488,285 @@ kind: Gateway
 metadata: {{name: edge, namespace: default}}
 spec:
   gatewayClassName: nodegate
-  addresses: [{{type: IPAddress, value: 10.90.1.1}}]
-  listeners: [{{name: udp, protocol: UDP, port: 5400}}]
-{}
+  addresses: [{{type: IPAddress, value: 10.90.1.1}}, {{type: IPAddress, value: 'fd00:90:1::1'}}]
+  listeners:
+  - {{name: udp, protocol: UDP, port: 5400}}
+  - {{name: sink, protocol: UDP, port: 5401}}
+{}{}
 ---
 apiVersion: gateway.networking.k8s.io/v1alpha2
 kind: UDPRoute
 metadata: {{name: nobody, namespace: default}}
 spec:
-  parentRefs: [{{name: edge}}]
+  parentRefs: [{{name: edge, sectionName: udp}}]
   rules: [{{backendRefs: [{{name: nobody, port: 5400}}]}}]
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: UDPRoute
+metadata: {{name: sink, namespace: default}}
+spec:
+  parentRefs: [{{name: edge, sectionName: sink}}]
+  rules: [{{backendRefs: [{{name: sink, port: 5401}}]}}]
 ",
-        service("nobody", &[backend_v4(2)], 5400, "UDP")
-    );
-    let dir = ConfigDir::new("icmp", &[("all.yaml", &yaml)]).unwrap();
-    let _agent = Agent::start(&topo, &bpffs, dir.path(), "xdp").expect("agent");
-    let err = topo
-        .client
-        .run(|| {
-            let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
-            s.connect(SocketAddr::new(GATEWAY_V4.into(), 5400)).unwrap();
+        service("nobody", &[backend_v4(2)], 5400, "UDP"),
+        service("sink", &[backend_v4(0)], 5401, "UDP"),
+    )
+}
+
+/// Sends one datagram from a connected UDP socket (in the client namespace) to `to` and returns
+/// the error its next receive reports, with the socket.
+fn connected_udp_error(
+    topo: &Topology,
+    to: SocketAddr,
+    prepare: impl FnOnce(&std::net::UdpSocket) + Send + 'static,
+) -> (std::net::UdpSocket, std::io::Error) {
+    topo.client
+        .run(move || {
+            let any: SocketAddr = if to.is_ipv4() {
+                "0.0.0.0:0".parse().unwrap()
+            } else {
+                "[::]:0".parse().unwrap()
+            };
+            let s = std::net::UdpSocket::bind(any).unwrap();
+            s.connect(to).unwrap();
+            prepare(&s);
             s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
             s.send(b"anyone?").unwrap();
             let mut buf = [0u8; 64];
-            s.recv(&mut buf).unwrap_err()
+            let err = s.recv(&mut buf).unwrap_err();
+            (s, err)
         })
-        .unwrap();
+        .unwrap()
+}
+
+/// An ICMP error about a NATed flow (here: port unreachable from a backend with nothing
+/// listening) is translated back, so the client's socket sees "connection refused".
+#[test]
+fn icmp_errors_are_translated_back_to_the_client() {
+    let topo = Topology::create("icmp", 3).expect("topology");
+    let bpffs = TempBpffs::mount("icmp").unwrap();
+    let dir = ConfigDir::new("icmp", &[("all.yaml", &icmp_config())]).unwrap();
+    let _agent = Agent::start(&topo, &bpffs, dir.path(), "xdp").expect("agent");
+    let (_, err) = connected_udp_error(&topo, SocketAddr::new(GATEWAY_V4.into(), 5400), |_| {});
     assert_eq!(
         err.kind(),
         std::io::ErrorKind::ConnectionRefused,
         "got {err:?}"
+    );
+}
+
+/// The IPv6 counterpart, in `attach` mode: the backend kernel's ICMPv6 port unreachable (type 1)
+/// reaches the client from the service address, quoting the client's own datagram, so its
+/// connected socket sees "connection refused". The client kernel drops an ICMPv6 error with a
+/// wrong checksum or a quote that matches none of its sockets, so this holds only if the outer
+/// addresses, the quoted addresses and ports and the checksum are all right.
+fn icmpv6_port_unreachable(attach: &str) {
+    let topo = Topology::create("icmp6", 3).expect("topology");
+    let bpffs = TempBpffs::mount("icmp6").unwrap();
+    let dir = ConfigDir::new(&format!("icmp6-{attach}"), &[("all.yaml", &icmp_config())]).unwrap();
+    let agent = Agent::start(&topo, &bpffs, dir.path(), attach).expect("agent");
+    let (_, err) = connected_udp_error(&topo, SocketAddr::new(GATEWAY_V6.into(), 5400), |_| {});
+    assert_eq!(
+        err.kind(),
+        std::io::ErrorKind::ConnectionRefused,
+        "got {err:?}"
+    );
+    // The datagram went to the backend through the kernel program, so the gateway's own stack
+    // (which would answer "port unreachable" itself) never saw it: the error is the backend's.
+    let to_backend = testbed::metric_value(
+        &agent.metrics().unwrap(),
+        "nodegate_backend_packets_total",
+        &[
+            ("backend", &format!("[{}]:5400", backend_v6(2))),
+            ("direction", "to_backend"),
+        ],
+    );
+    assert_eq!(to_backend, Some(1.0), "forwarded to the backend once");
+}
+
+#[test]
+fn icmpv6_errors_are_translated_back_to_the_client_xdp() {
+    icmpv6_port_unreachable("xdp");
+}
+
+#[test]
+fn icmpv6_errors_are_translated_back_to_the_client_xdp_generic() {
+    icmpv6_port_unreachable("xdp-generic");
+}
+
+#[test]
+fn icmpv6_errors_are_translated_back_to_the_client_tc() {
+    icmpv6_port_unreachable("tc");
+}
+
+/// The one's-complement sum of `bytes` (16-bit big-endian words, odd length zero-padded), folded.
+fn ones_sum(mut acc: u32, bytes: &[u8]) -> u32 {
+    for chunk in bytes.chunks(2) {
+        acc += u32::from(u16::from_be_bytes([chunk[0], *chunk.get(1).unwrap_or(&0)]));
+    }
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    acc
+}
+
+/// An IPv6 packet carrying `udp` (header and payload, checksum computed here) from `src` to `dst`.
+fn ipv6_udp_packet(
+    src: std::net::Ipv6Addr,
+    dst: std::net::Ipv6Addr,
+    sport: u16,
+    dport: u16,
+    payload: &[u8],
+) -> Vec<u8> {
+    let len = (8 + payload.len()) as u16;
+    let mut udp = Vec::new();
+    udp.extend(sport.to_be_bytes());
+    udp.extend(dport.to_be_bytes());
+    udp.extend(len.to_be_bytes());
+    udp.extend([0, 0]);
+    udp.extend(payload);
+    let mut pseudo = Vec::new();
+    pseudo.extend(src.octets());
+    pseudo.extend(dst.octets());
+    pseudo.extend(u32::from(len).to_be_bytes());
+    pseudo.extend([0, 0, 0, 17]);
+    let sum = ones_sum(ones_sum(0, &pseudo), &udp);
+    let check = match !(sum as u16) {
+        0 => 0xffff,
+        c => c,
+    };
+    udp[6..8].copy_from_slice(&check.to_be_bytes());
+    let mut ip = vec![0x60, 0, 0, 0];
+    ip.extend(len.to_be_bytes());
+    ip.extend([17, 64]);
+    ip.extend(src.octets());
+    ip.extend(dst.octets());
+    ip.extend(udp);
+    ip
+}
+
+/// Sends an ICMPv6 message (type, code, 4 bytes of type-specific data, body) from `src` to `dst`
+/// over a raw socket of the current thread's namespace; the kernel fills in the checksum.
+fn send_icmpv6(
+    src: std::net::Ipv6Addr,
+    dst: std::net::Ipv6Addr,
+    ty: u8,
+    code: u8,
+    data: [u8; 4],
+    body: &[u8],
+) -> std::io::Result<()> {
+    let mut msg = vec![ty, code, 0, 0];
+    msg.extend(data);
+    msg.extend(body);
+    let addr = |a: std::net::Ipv6Addr| libc::sockaddr_in6 {
+        sin6_family: libc::AF_INET6 as libc::sa_family_t,
+        sin6_port: 0,
+        sin6_flowinfo: 0,
+        sin6_addr: libc::in6_addr {
+            s6_addr: a.octets(),
+        },
+        sin6_scope_id: 0,
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+    // SAFETY: plain socket calls on a descriptor this function owns, with valid buffers.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_ICMPV6);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let (from, to) = (addr(src), addr(dst));
+        let ok = libc::bind(fd, (&raw const from).cast(), len) == 0
+            && libc::sendto(
+                fd,
+                msg.as_ptr().cast(),
+                msg.len(),
+                0,
+                (&raw const to).cast(),
+                len,
+            ) == msg.len() as isize;
+        let err = std::io::Error::last_os_error();
+        libc::close(fd);
+        if ok { Ok(()) } else { Err(err) }
+    }
+}
+
+/// A Packet Too Big (ICMPv6 type 2) about a NATed flow reaches the client with its MTU: the
+/// client's socket reports EMSGSIZE and its path MTU to the service becomes the MTU the message
+/// carried. The router that would send it is played by the backend host: it learns the flow's
+/// SNAT address and port from the datagram it receives and quotes that datagram, as a router on
+/// a smaller-MTU link would. (A real MTU drop on the backend side is not used: XDP redirects
+/// into a veth bypass the IPv6 forwarding path that emits Packet Too Big.)
+#[test]
+fn icmpv6_packet_too_big_keeps_its_mtu() {
+    const MTU: u32 = 1300;
+    let topo = Topology::create("ptb6", 1).expect("topology");
+    let bpffs = TempBpffs::mount("ptb6").unwrap();
+    let dir = ConfigDir::new("ptb6", &[("all.yaml", &icmp_config())]).unwrap();
+    let _agent = Agent::start(&topo, &bpffs, dir.path(), "xdp").expect("agent");
+    let backend = backend_v6(0);
+    let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+    let (sent_tx, sent_rx) = std::sync::mpsc::channel();
+    topo.backend
+        .spawn(move || {
+            let sock = std::net::UdpSocket::bind(SocketAddr::new(backend.into(), 5401)).unwrap();
+            sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let _ = bound_tx.send(());
+            let mut buf = [0u8; 256];
+            let result = sock.recv_from(&mut buf).and_then(|(n, from)| {
+                let SocketAddr::V6(from) = from else {
+                    unreachable!("an IPv6 socket")
+                };
+                let quoted = ipv6_udp_packet(*from.ip(), backend, from.port(), 5401, &buf[..n]);
+                send_icmpv6(backend, *from.ip(), 2, 0, MTU.to_be_bytes(), &quoted)
+            });
+            let _ = sent_tx.send(result);
+        })
+        .unwrap();
+    bound_rx.recv().unwrap();
+    let (sock, err) = connected_udp_error(&topo, SocketAddr::new(GATEWAY_V6.into(), 5401), |s| {
+        use std::os::fd::AsRawFd as _;
+        // Path MTU discovery on: a Packet Too Big is then a hard error for the socket.
+        let on: libc::c_int = libc::IPV6_PMTUDISC_DO;
+        // SAFETY: setsockopt on a live socket with a valid int.
+        let rc = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::IPPROTO_IPV6,
+                libc::IPV6_MTU_DISCOVER,
+                (&raw const on).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0);
+    });
+    sent_rx
+        .recv()
+        .unwrap()
+        .expect("the backend saw the datagram and sent the Packet Too Big");
+    assert_eq!(err.raw_os_error(), Some(libc::EMSGSIZE), "got {err:?}");
+    let path_mtu = topo
+        .client
+        .run(move || {
+            use std::os::fd::AsRawFd as _;
+            let mut mtu: libc::c_int = 0;
+            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            // SAFETY: getsockopt on a live socket into a valid int.
+            let rc = unsafe {
+                libc::getsockopt(
+                    sock.as_raw_fd(),
+                    libc::IPPROTO_IPV6,
+                    libc::IPV6_MTU,
+                    (&raw mut mtu).cast(),
+                    &mut len,
+                )
+            };
+            assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+            mtu
+        })
+        .unwrap();
+    assert_eq!(
+        path_mtu as u32, MTU,
+        "the MTU field survived the translation"
     );
 }
 

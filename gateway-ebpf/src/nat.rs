@@ -1,8 +1,9 @@
-//! IPv4 load balancing with NAT: a flow's first packet picks a backend through the service's
+//! IPv4 and IPv6 load balancing with NAT: a flow's first packet picks a backend through the service's
 //! Maglev ring, both directions get a connection-table entry, and every packet of the flow is
 //! rewritten (destination to the backend and source to the gateway's egress address, or the
 //! reverse for replies) with incremental checksum updates, then forwarded to the next hop found by
-//! `bpf_fib_lookup`. Anything it cannot forward goes to the stack untouched.
+//! `bpf_fib_lookup`. ICMPv4/ICMPv6 errors about a NATed flow are translated back to its client.
+//! Anything it cannot forward goes to the stack untouched.
 
 use aya_ebpf::{
     EbpfContext,
@@ -126,7 +127,39 @@ fn csum_replace2(check: u16, old: u16, new: u16) -> u16 {
     !(s as u16)
 }
 
-/// Handles an IPv4 TCP/UDP packet: an existing flow is rewritten and forwarded; a new flow to a
+/// Adds the change of a 16-byte address to a checksum delta (see [`csum_apply`]), a 32-bit word
+/// at a time: few instructions and few live registers, which keeps the BPF stack small.
+#[inline(always)]
+fn csum_delta_addr(acc: u64, old: &[u8; 16], new: &[u8; 16]) -> u64 {
+    let mut acc = acc;
+    for i in 0..4 {
+        let o = u32::from_be_bytes([old[i * 4], old[i * 4 + 1], old[i * 4 + 2], old[i * 4 + 3]]);
+        let n = u32::from_be_bytes([new[i * 4], new[i * 4 + 1], new[i * 4 + 2], new[i * 4 + 3]]);
+        acc += u64::from(!o) + u64::from(n);
+    }
+    acc
+}
+
+/// Adds the change of one 16-bit word to a checksum delta (see [`csum_apply`]).
+#[inline(always)]
+fn csum_delta16(acc: u64, old: u16, new: u16) -> u64 {
+    acc + u64::from(!old) + u64::from(new)
+}
+
+/// Applies a delta of `~old + new` terms (one's-complement sums, 16- or 32-bit words alike) to a
+/// checksum: RFC 1624 eqn. 3, `HC' = ~(~HC + ~m + m')`, over all the changed words at once.
+#[inline(always)]
+fn csum_apply(check: u16, delta: u64) -> u16 {
+    let mut s = u64::from(!check) + delta;
+    s = (s & 0xffff_ffff) + (s >> 32);
+    s = (s & 0xffff_ffff) + (s >> 32);
+    s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    !(s as u16)
+}
+
+/// Handles a TCP/UDP packet (ICMP errors go to [`handle_icmp_v4`] / [`handle_icmp_v6`]): an existing flow is rewritten and forwarded; a new flow to a
 /// listener with a service gets a backend; anything else passes.
 #[inline(always)]
 pub fn handle<C: EbpfContext>(
@@ -140,6 +173,9 @@ pub fn handle<C: EbpfContext>(
 ) -> Forward {
     if p.proto == crate::parse::PROTO_ICMP {
         return handle_icmp_v4(ctx, data, data_end, p, ifindex);
+    }
+    if p.proto == crate::parse::PROTO_ICMPV6 {
+        return handle_icmp_v6(ctx, data, data_end, p, ifindex);
     }
     if p.proto != PROTO_TCP && p.proto != PROTO_UDP {
         return Forward::Pass;
@@ -370,15 +406,21 @@ fn rewrite_and_forward<C: EbpfContext>(
         if has_check {
             *l4_check_ptr = l4_check.to_be_bytes();
         }
+    }
+    set_l2(data, data_end, smac, dmac, ifindex)
+}
 
-        // Ethernet: next hop.
-        if data + 12 > data_end {
-            return Forward::Pass;
-        }
+/// Writes the next hop's Ethernet addresses (from [`fib`]) and asks for a redirect to `egress`.
+#[inline(always)]
+fn set_l2(data: usize, data_end: usize, smac: [u8; 6], dmac: [u8; 6], egress: u32) -> Forward {
+    if data + 12 > data_end {
+        return Forward::Pass;
+    }
+    unsafe {
         *(data as *mut [u8; 6]) = dmac;
         *((data + 6) as *mut [u8; 6]) = smac;
     }
-    Forward::Redirect(ifindex)
+    Forward::Redirect(egress)
 }
 
 /// `bpf_fib_lookup` for (src, dst) of `family`: (egress ifindex, source MAC, next-hop MAC).
@@ -462,20 +504,10 @@ fn handle_icmp_v4<C: EbpfContext>(
         let q_dst = *((inner + 16) as *const [u8; 4]);
         let q_sport = u16::from_be_bytes(*(inner_l4 as *const [u8; 2]));
         let q_dport = u16::from_be_bytes(*((inner_l4 + 2) as *const [u8; 2]));
-        // The quoted packet is one the gateway sent (SNAT address → backend); the flow's reply
-        // entry is keyed backend → SNAT address.
-        s.key = FlowKey {
-            src: [0; 16],
-            dst: [0; 16],
-            sport: q_dport,
-            dport: q_sport,
-            proto,
-            family: FAMILY_V4,
-            _pad: [0; 2],
-        };
+        s.key = quoted_reply_key(FAMILY_V4, proto, q_sport, q_dport);
         s.key.src[..4].copy_from_slice(&q_dst);
         s.key.dst[..4].copy_from_slice(&q_src);
-        let Some(reply) = FLOWS.get_ptr(&s.key) else {
+        let Some(reply) = reply_entry(&s.key) else {
             return Forward::Pass;
         };
         // reply: new_src = service address, new_dst = client, new_sport = service port,
@@ -548,11 +580,148 @@ fn handle_icmp_v4<C: EbpfContext>(
         *((ip + IP_SRC_OFF) as *mut [u8; 4]) = service;
         *((ip + IP_DST_OFF) as *mut [u8; 4]) = client;
         *ip_check_ptr = ip_check.to_be_bytes();
-        if data + 12 > data_end {
+        set_l2(data, data_end, smac, dmac, egress)
+    }
+}
+
+/// The `FLOWS` key of the reply entry for a quoted packet the gateway sent (SNAT address:port →
+/// backend:port): the reply direction is keyed backend → SNAT address, so source and destination
+/// swap. The caller fills in the addresses (`src` = quoted destination, `dst` = quoted source).
+#[inline(always)]
+fn quoted_reply_key(family: u8, proto: u8, q_sport: u16, q_dport: u16) -> FlowKey {
+    FlowKey {
+        src: [0; 16],
+        dst: [0; 16],
+        sport: q_dport,
+        dport: q_sport,
+        proto,
+        family,
+        _pad: [0; 2],
+    }
+}
+
+/// The reply-direction entry under `key`, if there is one. Its `new_src` is the service address
+/// the client used, `new_dst` the client, `new_sport` the service port, `new_dport` the client's.
+#[inline(always)]
+fn reply_entry(key: &FlowKey) -> Option<*const FlowNat> {
+    let entry = FLOWS.get_ptr(key)?;
+    if unsafe { (*entry).flags } & FLOW_F_REPLY == 0 {
+        return None;
+    }
+    Some(entry)
+}
+
+/// ICMPv6 error types that quote the offending packet and are translated back to the client
+/// (RFC 4443): destination unreachable, packet too big, time exceeded, parameter problem.
+const ICMP6_ERRORS: [u8; 4] = [1, 2, 3, 4];
+
+/// The IPv6 counterpart of [`handle_icmp_v4`]: an ICMPv6 error a backend (or a router towards
+/// it) sent about a NATed flow goes back to the client from the service address, quoting the
+/// packet as the client sent it (client → service, the client's ports). IPv6 has no header
+/// checksum; the ICMPv6 checksum covers the pseudo-header, so the outer address changes enter it
+/// as well as every quoted word that changes, including the quoted TCP/UDP checksum, which is
+/// updated too when the quote reaches it. The rest of the message (a Packet Too Big's MTU, a
+/// Parameter Problem's pointer) is kept as it is.
+///
+/// Inlined like the rest: the whole program shares one 512-byte stack frame, which is why the
+/// checksum deltas are summed a 32-bit word at a time ([`csum_delta_addr`]) rather than folded
+/// 16 bits at a time (those unrolled updates spilled too many registers).
+#[inline(always)]
+fn handle_icmp_v6<C: EbpfContext>(
+    ctx: &C,
+    data: usize,
+    data_end: usize,
+    p: &Packet,
+    ifindex: u32,
+) -> Forward {
+    let ip = data + p.l3_off;
+    let icmp = data + p.l4_off;
+    let inner = icmp + 8;
+    let inner_l4 = inner + 40;
+    // Too short to quote an IPv6 header and the ports: not one we can translate; the stack
+    // decides (and drops it if it is malformed).
+    if ip + 40 > data_end || inner_l4 + 8 > data_end {
+        return Forward::Pass;
+    }
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return Forward::Pass;
+    };
+    let s = unsafe { &mut *scratch };
+    unsafe {
+        let ty = *(icmp as *const u8);
+        if !ICMP6_ERRORS.contains(&ty) {
             return Forward::Pass;
         }
-        *(data as *mut [u8; 6]) = dmac;
-        *((data + 6) as *mut [u8; 6]) = smac;
-        Forward::Redirect(egress)
+        // Quoted IPv6 header without extension headers, quoting TCP or UDP.
+        let version = *(inner as *const u8) >> 4;
+        let proto = *((inner + 6) as *const u8);
+        if version != 6 || (proto != PROTO_TCP && proto != PROTO_UDP) {
+            return Forward::Pass;
+        }
+        let q_sport = u16::from_be_bytes(*(inner_l4 as *const [u8; 2]));
+        let q_dport = u16::from_be_bytes(*((inner_l4 + 2) as *const [u8; 2]));
+        s.key = quoted_reply_key(FAMILY_V6, proto, q_sport, q_dport);
+        s.key.src = *((inner + IP6_DST_OFF) as *const [u8; 16]);
+        s.key.dst = *((inner + IP6_SRC_OFF) as *const [u8; 16]);
+        let Some(reply) = reply_entry(&s.key) else {
+            return Forward::Pass;
+        };
+        let nat = &*reply;
+        let Some((egress, smac, dmac)) = fib(
+            ctx,
+            ifindex,
+            FAMILY_V6,
+            &nat.new_src,
+            &nat.new_dst,
+            &mut s.fib,
+        ) else {
+            return Forward::Pass;
+        };
+        let hlim = (ip + IP6_HLIM_OFF) as *mut u8;
+        if *hlim <= 1 {
+            return Forward::Pass;
+        }
+
+        let icmp_check_ptr = (icmp + 2) as *mut [u8; 2];
+        // One delta for every quoted word that changes: SNAT address → backend becomes
+        // client → service, with the client's ports. It enters the quoted TCP/UDP checksum (whose
+        // pseudo-header holds the same addresses) and the ICMPv6 checksum alike.
+        let mut quoted = csum_delta_addr(0, &s.key.dst, &nat.new_dst);
+        quoted = csum_delta_addr(quoted, &s.key.src, &nat.new_src);
+        quoted = csum_delta16(quoted, q_sport, nat.new_dport);
+        quoted = csum_delta16(quoted, q_dport, nat.new_sport);
+        // The outer addresses are in the ICMPv6 pseudo-header: service → client.
+        let mut outer = csum_delta_addr(quoted, &p.src, &nat.new_src);
+        outer = csum_delta_addr(outer, &p.dst, &nat.new_dst);
+        // The quoted TCP/UDP checksum, when quoted (a UDP checksum of 0 stays 0).
+        let q_check_at = if proto == PROTO_TCP {
+            inner_l4 + 16
+        } else {
+            inner_l4 + 6
+        };
+        let q_check_ptr = q_check_at as *mut [u8; 2];
+        if q_check_at + 2 <= data_end {
+            let old_q_check = u16::from_be_bytes(*q_check_ptr);
+            if proto == PROTO_TCP || old_q_check != 0 {
+                let mut q_check = csum_apply(old_q_check, quoted);
+                if proto == PROTO_UDP && q_check == 0 {
+                    q_check = 0xffff;
+                }
+                outer = csum_delta16(outer, old_q_check, q_check);
+                *q_check_ptr = q_check.to_be_bytes();
+            }
+        }
+        let icmp_check = csum_apply(u16::from_be_bytes(*icmp_check_ptr), outer);
+        *((inner + IP6_SRC_OFF) as *mut [u8; 16]) = nat.new_dst;
+        *((inner + IP6_DST_OFF) as *mut [u8; 16]) = nat.new_src;
+        *(inner_l4 as *mut [u8; 2]) = nat.new_dport.to_be_bytes();
+        *((inner_l4 + 2) as *mut [u8; 2]) = nat.new_sport.to_be_bytes();
+        *icmp_check_ptr = icmp_check.to_be_bytes();
+
+        // Outer header: service → client, hop limit decremented.
+        *hlim -= 1;
+        *((ip + IP6_SRC_OFF) as *mut [u8; 16]) = nat.new_src;
+        *((ip + IP6_DST_OFF) as *mut [u8; 16]) = nat.new_dst;
+        set_l2(data, data_end, smac, dmac, egress)
     }
 }

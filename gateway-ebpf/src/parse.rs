@@ -7,6 +7,8 @@ use gateway_common::listener::{FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
 
 /// IANA protocol number of ICMP.
 pub const PROTO_ICMP: u8 = 1;
+/// IANA next-header number of ICMPv6.
+pub const PROTO_ICMPV6: u8 = 58;
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -63,8 +65,9 @@ pub fn ptr_at<T>(start: usize, end: usize, offset: usize) -> Result<*const T, Pa
     Ok((start + offset) as *const T)
 }
 
-/// Parses the headers between `data` and `data_end`. `Ok(None)` for anything that is not TCP or UDP
-/// over IP (ARP, ICMP, fragments after the first, IPv6 extension headers): those are not ours.
+/// Parses the headers between `data` and `data_end`. `Ok(None)` for anything that is not TCP, UDP,
+/// ICMPv4 over IPv4 or ICMPv6 over IPv6 (ARP, fragments after the first, IPv6 extension headers):
+/// those are not ours.
 #[inline(always)]
 pub fn parse(data: usize, data_end: usize) -> Result<Option<Packet>, ParseError> {
     let eth: *const EthHdr = ptr_at(data, data_end, 0)?;
@@ -142,8 +145,11 @@ pub fn parse(data: usize, data_end: usize) -> Result<Option<Packet>, ParseError>
             packet.sport = u16::from_be_bytes(udp.src);
             packet.dport = u16::from_be_bytes(udp.dst);
         }
-        // ICMP errors about NATed flows are translated (nat::handle_icmp_v4); ports stay 0.
+        // ICMP errors about NATed flows are translated (nat::handle_icmp_v4 and
+        // nat::handle_icmp_v6); ports stay 0. Everything else ICMP (echo, neighbour discovery)
+        // passes there untouched.
         PROTO_ICMP if packet.family == FAMILY_V4 => {}
+        PROTO_ICMPV6 if packet.family == FAMILY_V6 => {}
         _ => return Ok(None),
     }
     Ok(Some(packet))

@@ -78,6 +78,10 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     testbed::tcp_echo_server(&topo.backend, "10.90.2.2:9000".parse()?, "echo-a")?;
     testbed::tcp_echo_server(&topo.backend, "10.90.2.3:9000".parse()?, "echo-b")?;
     testbed::udp_echo_server(&topo.backend, "10.90.2.2:5353".parse()?, "dns")?;
+    // The same over IPv6 (examples/standalone's IPv6 EndpointSlices).
+    testbed::tcp_echo_server(&topo.backend, "[fd00:90:2::2]:9000".parse()?, "echo-a")?;
+    testbed::tcp_echo_server(&topo.backend, "[fd00:90:2::3]:9000".parse()?, "echo-b")?;
+    testbed::udp_echo_server(&topo.backend, "[fd00:90:2::2]:5353".parse()?, "dns")?;
     // gRPC (h2c) backends of the GRPCRoute.
     topo.backend
         .run(|| testbed::grpc::backend_on("10.90.2.2:50051".parse().unwrap(), "echo"))?;
@@ -180,34 +184,58 @@ fn grpc_section(topo: &Topology) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// TCPRoute and UDPRoute traffic forwarded by the kernel program.
+/// TCPRoute and UDPRoute traffic forwarded by the kernel program, over IPv4 and IPv6.
 fn l4_section(topo: &Topology) -> anyhow::Result<()> {
     println!("== TCPRoute default/echo (80/20) and UDPRoute default/dns, forwarded in the kernel");
-    let lines = topo.client.run(|| -> anyhow::Result<Vec<String>> {
-        let tcp = SocketAddr::new(GATEWAY_V4.into(), 9000);
-        let mut split = std::collections::BTreeMap::new();
-        for _ in 0..100 {
-            *split.entry(testbed::tcp_hello(tcp)?).or_insert(0) += 1;
+    for ip in [
+        std::net::IpAddr::V4(GATEWAY_V4),
+        std::net::IpAddr::V6(GATEWAY_V6),
+    ] {
+        let lines = topo.client.run(move || l4_traffic(ip))??;
+        for l in lines {
+            println!("   {l}");
         }
-        let mut out = vec![format!(
-            "100 TCP connections to {tcp}, each with an echo round trip: {split:?}"
-        )];
-        let udp = SocketAddr::new(GATEWAY_V4.into(), 5353);
-        let reply = testbed::udp_request(udp, b"query example.com")?;
-        out.push(format!(
-            "UDP request to {udp} -> {:?}",
-            String::from_utf8_lossy(&reply)
-        ));
-        let a = split.get("echo-a").copied().unwrap_or(0);
-        if !(60..=95).contains(&a) || !reply.starts_with(b"dns:") {
-            bail!("L4 forwarding did not behave as configured: {out:?}");
+    }
+    // The IPv6 flows went through the kernel program's NAT, not the gateway's stack: the
+    // per-backend counters of the IPv6 backends rose.
+    let m = metrics(topo)?;
+    for backend in ["[fd00:90:2::2]:9000", "[fd00:90:2::2]:5353"] {
+        let sent = testbed::metric_value(
+            &m,
+            "nodegate_backend_packets_total",
+            &[("backend", backend), ("direction", "to_backend")],
+        )
+        .unwrap_or(0.0);
+        println!("   packets the kernel program forwarded to {backend}: {sent}");
+        if sent == 0.0 {
+            bail!("no IPv6 packet reached backend {backend} through the kernel program");
         }
-        Ok(out)
-    })??;
-    for l in lines {
-        println!("   {l}");
     }
     Ok(())
+}
+
+/// Runs in the client namespace: 100 TCP connections with an echo round trip each and one UDP
+/// request/response to the L4 listeners on `ip`; fails unless the 80/20 split and the reply hold.
+fn l4_traffic(ip: std::net::IpAddr) -> anyhow::Result<Vec<String>> {
+    let tcp = SocketAddr::new(ip, 9000);
+    let mut split = std::collections::BTreeMap::new();
+    for _ in 0..100 {
+        *split.entry(testbed::tcp_hello(tcp)?).or_insert(0) += 1;
+    }
+    let mut out = vec![format!(
+        "100 TCP connections to {tcp}, each with an echo round trip: {split:?}"
+    )];
+    let udp = SocketAddr::new(ip, 5353);
+    let reply = testbed::udp_request(udp, b"query example.com")?;
+    out.push(format!(
+        "UDP request to {udp} -> {:?}",
+        String::from_utf8_lossy(&reply)
+    ));
+    let a = split.get("echo-a").copied().unwrap_or(0);
+    if !(60..=95).contains(&a) || !reply.starts_with(b"dns:") {
+        bail!("L4 forwarding did not behave as configured: {out:?}");
+    }
+    Ok(out)
 }
 
 /// HTTPRoute traffic through the L7 proxy: a weighted split, a header match, a redirect, a rewrite.
@@ -273,6 +301,8 @@ fn metrics(topo: &Topology) -> anyhow::Result<String> {
 }
 
 /// Runs in the client namespace: UDP datagrams and TCP connection attempts to each example listener.
+/// The L7 listener (port 80) only over IPv4: the proxy binds `--bind-address` (0.0.0.0 by
+/// default) when a Gateway has no addresses, as examples/standalone's has not.
 fn send_traffic() -> anyhow::Result<Vec<String>> {
     let mut report = Vec::new();
     for ip in [
@@ -282,7 +312,8 @@ fn send_traffic() -> anyhow::Result<Vec<String>> {
         let udp = SocketAddr::new(ip, 5353);
         testbed::send_udp(udp, 20, 64)?;
         report.push(format!("udp {udp}: sent 20 datagrams of 64 bytes"));
-        for port in [9000u16, 80] {
+        let ports: &[u16] = if ip.is_ipv4() { &[9000, 80] } else { &[9000] };
+        for &port in ports {
             let tcp = SocketAddr::new(ip, port);
             let outcome = match TcpStream::connect_timeout(&tcp, Duration::from_millis(500)) {
                 Ok(_) => "connected".to_string(),
