@@ -126,6 +126,11 @@ pub struct KubeArgs {
     /// Never write statuses or Events (watch only), whatever the Lease says.
     #[arg(long)]
     pub no_status: bool,
+    /// Label selector of the agent's own Pods (in --lease-namespace): Gateways without
+    /// spec.addresses report the addresses of the Nodes where one of them is Ready (every Node's
+    /// if the Pods cannot be listed).
+    #[arg(long, default_value = "app.kubernetes.io/name=nodegate")]
+    pub agent_selector: String,
     /// Prefer endpoints on this node: when a Service has ready endpoints whose EndpointSlice
     /// nodeName is this node, only those are used.
     #[arg(long)]

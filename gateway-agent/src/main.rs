@@ -224,6 +224,7 @@ impl Source {
                 max_backoff: k.kube_max_backoff,
                 write_status: !k.no_status,
                 prefer_local_endpoints: k.prefer_local_endpoints,
+                agent_selector: k.agent_selector.clone(),
             };
             return Ok(Source::Kube(Box::new(
                 source::kube::KubeSource::start(opts).await?,

@@ -4,7 +4,8 @@
 //! relist after 410 Gone, re-watch after dropped connections, ignore a CRD that is not
 //! installed, write each status once by server-side apply, record an Event for a rejected
 //! object, and elect one status writer among two agents, with take-over when the writer dies and
-//! at once when it shuts down cleanly (it releases the Lease).
+//! at once when it shuts down cleanly (it releases the Lease); Gateway addresses are those of the
+//! nodes whose agent Pod is Ready (every Node's when the Pods cannot be listed).
 
 #[path = "support/apiserver.rs"]
 mod apiserver;
@@ -61,8 +62,20 @@ fn service(name: &str, endpoint: &str) -> [Value; 2] {
     ]
 }
 
+/// An agent Pod (label `app.kubernetes.io/name=nodegate`) on `node`, Ready or not.
+fn agent_pod(node: &str, ready: bool) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": format!("nodegate-{node}"), "namespace": "nodegate-system",
+                        "labels": {"app.kubernetes.io/name": "nodegate"}},
+           "spec": {"nodeName": node, "containers": [{"name": "agent", "image": "nodegate"}]},
+           "status": {"conditions": [
+               {"type": "ContainersReady", "status": if ready { "True" } else { "False" }},
+               {"type": "Ready", "status": if ready { "True" } else { "False" }}]}})
+}
+
 /// A cluster with a class, a Gateway with one UDP listener routed to a Service, three
-/// namespaces (so lists take several pages), a Node and Secrets of two types.
+/// namespaces (so lists take several pages), a Node with a Ready agent Pod and Secrets of two
+/// types.
 fn cluster() -> ApiServer {
     let api = ApiServer::start();
     api.set_missing("gateway.networking.k8s.io/v1alpha2/tcproutes");
@@ -72,6 +85,7 @@ fn cluster() -> ApiServer {
     }
     api.apply(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"},
         "status": {"addresses": [{"type": "InternalIP", "address": "10.0.0.1"}, {"type": "Hostname", "address": "node-a"}]}}));
+    api.apply(agent_pod("node-a", true));
     for (name, type_) in [("tls", "kubernetes.io/tls"), ("opaque", "Opaque")] {
         api.apply(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": "default"},
             "type": type_, "data": {}}));
@@ -597,4 +611,145 @@ fn the_leader_releases_its_lease_on_sigterm_and_the_other_takes_over_at_once() {
         .unwrap();
     assert_eq!(lease["spec"]["leaseDurationSeconds"], 6, "{lease}");
     drop(survivor);
+}
+
+/// `status.addresses` of the last patch of Gateway `name`, and how many patches it had.
+fn gateway_addresses(api: &ApiServer, name: &str) -> (Option<Value>, usize) {
+    let patches: Vec<_> = api
+        .status_patches()
+        .into_iter()
+        .filter(|r| r.uri.contains(&format!("/gateways/{name}/status")))
+        .collect();
+    (
+        patches
+            .last()
+            .map(|p| p.body["status"]["addresses"].clone()),
+        patches.len(),
+    )
+}
+
+#[test]
+fn gateway_addresses_are_those_of_the_nodes_whose_agent_is_ready() {
+    testbed::require_root("the cluster-mode test (the agent loads its BPF object)").unwrap();
+    let api = cluster();
+    api.apply(
+        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-b"},
+        "status": {"addresses": [{"type": "InternalIP", "address": "10.0.0.2"},
+                                 {"type": "ExternalIP", "address": "203.0.113.2"}]}}),
+    );
+    // node-b's agent is not Ready; a Ready Pod there that is not an agent (other label) and a
+    // Ready agent-labelled Pod in another namespace do not count.
+    api.apply(agent_pod("node-b", false));
+    let mut other = agent_pod("node-b", true);
+    other["metadata"]["name"] = json!("someone-else");
+    other["metadata"]["labels"] = json!({"app.kubernetes.io/name": "other"});
+    api.apply(other);
+    let mut elsewhere = agent_pod("node-b", true);
+    elsewhere["metadata"]["namespace"] = json!("default");
+    api.apply(elsewhere);
+    // A Gateway with spec.addresses keeps them whatever the agents' readiness.
+    let mut fixed = gateway(&[("ntp", 5123)]);
+    fixed["metadata"]["name"] = json!("fixed");
+    fixed["spec"]["addresses"] = json!([{"type": "IPAddress", "value": "127.0.0.1"}]);
+    api.apply(fixed);
+    let bpffs = TempBpffs::mount("kube4").unwrap();
+    let agent = KubeAgent::start(&api, &bpffs, "node-a", &[]);
+
+    let only_a = json!([{"type": "IPAddress", "value": "10.0.0.1"}]);
+    let fixed_addresses = json!([{"type": "IPAddress", "value": "127.0.0.1"}]);
+    testbed::wait_for(Duration::from_secs(15), "both Gateway statuses", || {
+        (gateway_addresses(&api, "edge").0.is_some()
+            && gateway_addresses(&api, "fixed").0.is_some())
+        .then_some(())
+    })
+    .unwrap();
+    assert_eq!(
+        gateway_addresses(&api, "edge"),
+        (Some(only_a.clone()), 1),
+        "only node-a's agent is Ready, and no all-nodes status came first\n{}",
+        agent.log()
+    );
+    let (fixed_before, fixed_patches) = gateway_addresses(&api, "fixed");
+    assert_eq!(fixed_before, Some(fixed_addresses.clone()));
+    assert!(
+        api.requests().iter().any(|r| r
+            .uri
+            .starts_with("/api/v1/namespaces/nodegate-system/pods?")
+            && r.uri
+                .contains("labelSelector=app.kubernetes.io%2Fname%3Dnodegate")),
+        "the agent Pods are listed in the lease namespace by label: {:?}",
+        api.requests()
+            .iter()
+            .filter(|r| r.uri.contains("pods"))
+            .map(|r| &r.uri)
+            .collect::<Vec<_>>()
+    );
+
+    // node-b's agent becomes Ready (a MODIFIED event): a new patch lists both nodes, in node order.
+    api.apply(agent_pod("node-b", true));
+    let both = json!([{"type": "IPAddress", "value": "10.0.0.1"},
+                      {"type": "IPAddress", "value": "10.0.0.2"},
+                      {"type": "IPAddress", "value": "203.0.113.2"}]);
+    testbed::wait_for(Duration::from_secs(10), "both nodes' addresses", || {
+        (gateway_addresses(&api, "edge").0.as_ref() == Some(&both)).then_some(())
+    })
+    .unwrap();
+    // And back: node-a's agent is not Ready any more.
+    api.apply(agent_pod("node-a", false));
+    let only_b = json!([{"type": "IPAddress", "value": "10.0.0.2"},
+                        {"type": "IPAddress", "value": "203.0.113.2"}]);
+    testbed::wait_for(Duration::from_secs(10), "node-b's addresses only", || {
+        (gateway_addresses(&api, "edge").0.as_ref() == Some(&only_b)).then_some(())
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        gateway_addresses(&api, "edge"),
+        (Some(only_b), 3),
+        "one patch per change of the ready set"
+    );
+    assert_eq!(
+        gateway_addresses(&api, "fixed"),
+        (Some(fixed_addresses), fixed_patches),
+        "the Gateway with spec.addresses is not rewritten when readiness changes"
+    );
+}
+
+#[test]
+fn without_access_to_the_agent_pods_every_node_counts_with_one_warning() {
+    testbed::require_root("the cluster-mode test (the agent loads its BPF object)").unwrap();
+    let api = cluster();
+    api.apply(
+        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-b"},
+        "status": {"addresses": [{"type": "InternalIP", "address": "10.0.0.2"}]}}),
+    );
+    api.set_forbidden("/v1/pods");
+    let bpffs = TempBpffs::mount("kube5").unwrap();
+    let agent = KubeAgent::start(&api, &bpffs, "node-a", &[]);
+    let all = json!([{"type": "IPAddress", "value": "10.0.0.1"},
+                     {"type": "IPAddress", "value": "10.0.0.2"}]);
+    testbed::wait_for(Duration::from_secs(15), "every Node's addresses", || {
+        (gateway_addresses(&api, "edge").0.as_ref() == Some(&all)).then_some(())
+    })
+    .unwrap();
+    assert!(
+        last_patch(&api, "udproutes", "dns").is_some(),
+        "other statuses are written too"
+    );
+    // The Pod list is retried (--kube-max-backoff 1s) but the failure is reported once.
+    testbed::wait_for(Duration::from_secs(10), "Pod list retries", || {
+        (api.requests()
+            .iter()
+            .filter(|r| r.uri.contains("/pods?"))
+            .count()
+            >= 3)
+            .then_some(())
+    })
+    .unwrap();
+    assert_eq!(
+        agent.log().matches("listing the agent Pods failed").count(),
+        1,
+        "{}",
+        agent.log()
+    );
 }

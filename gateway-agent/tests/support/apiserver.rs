@@ -3,8 +3,10 @@
 //! [`PAGE`] items a page whatever the client asks), watch streams of newline-delimited WatchEvents
 //! (ADDED/MODIFIED/DELETED, BOOKMARK when asked), 410 Gone for a resourceVersion older than the
 //! last compaction, dropped watch connections on demand, 404 for resources marked "not
-//! installed", server-side-apply PATCH on `/status` (recorded), POST/PUT/GET for Leases and
-//! Events. The test mutates the objects with [`ApiServer::apply`] / [`ApiServer::delete`].
+//! installed", 403 for resources marked forbidden, `type=X` field selectors and `k=v[,k=v]`
+//! label selectors on lists and watches, server-side-apply PATCH on `/status` (recorded),
+//! POST/PUT/GET for Leases and Events. The test mutates the objects with [`ApiServer::apply`] /
+//! [`ApiServer::delete`].
 
 #![allow(dead_code, reason = "each test uses a different part")]
 
@@ -57,6 +59,7 @@ struct Inner {
     uid: u64,
     collections: BTreeMap<String, Collection>,
     missing: BTreeSet<String>,
+    forbidden: BTreeSet<String>,
     compacted: u64,
     epoch: u64,
     requests: Vec<Request>,
@@ -116,6 +119,7 @@ const RESOURCES: &[(&str, &str, &str)] = &[
     ("/v1/services", "Service", "v1"),
     ("/v1/namespaces", "Namespace", "v1"),
     ("/v1/nodes", "Node", "v1"),
+    ("/v1/pods", "Pod", "v1"),
     ("/v1/secrets", "Secret", "v1"),
     ("/v1/events", "Event", "v1"),
     (
@@ -228,6 +232,11 @@ impl ApiServer {
     /// Marks a resource as not installed (404 on every request), e.g. `.../v1alpha2/tcproutes`.
     pub fn set_missing(&self, key: &str) {
         self.inner.lock().unwrap().missing.insert(key.to_string());
+    }
+
+    /// Marks a resource as forbidden to every client (403 on every request), e.g. `/v1/pods`.
+    pub fn set_forbidden(&self, key: &str) {
+        self.inner.lock().unwrap().forbidden.insert(key.to_string());
     }
 
     /// Ends every open watch (the clients reconnect from the last resourceVersion they saw).
@@ -372,12 +381,20 @@ fn query(uri: &Uri) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// `type=X` field selectors (what the agent uses for Secrets).
-fn selected(object: &Value, selector: Option<&String>) -> bool {
-    match selector.and_then(|s| s.split_once('=')) {
+/// `type=X` field selectors (what the agent uses for Secrets) and `k=v[,k=v]` label selectors
+/// (its agent Pods).
+fn selected(object: &Value, fields: Option<&String>, labels: Option<&String>) -> bool {
+    let fields_match = match fields.and_then(|s| s.split_once('=')) {
         Some(("type", want)) => object["type"] == want,
         _ => true,
-    }
+    };
+    let labels_match = labels.into_iter().flat_map(|l| l.split(',')).all(|term| {
+        let (k, v) = term
+            .split_once('=')
+            .unwrap_or_else(|| panic!("the stand-in only knows k=v label selectors: {term}"));
+        object["metadata"]["labels"][k] == v
+    });
+    fields_match && labels_match
 }
 
 async fn handle(
@@ -419,6 +436,12 @@ async fn handle(
             ),
         );
     }
+    if guard.forbidden.contains(&key) {
+        return reply(
+            403,
+            &status(403, "Forbidden", "the stand-in forbids this resource"),
+        );
+    }
     let rv = guard.rv;
     match (method.as_str(), name, sub.as_deref()) {
         ("GET", None, _) if q.get("watch").is_some_and(|w| w == "true" || w == "1") => {
@@ -440,6 +463,7 @@ async fn handle(
                 key,
                 ns,
                 q.get("fieldSelector").cloned(),
+                q.get("labelSelector").cloned(),
                 from,
                 epoch,
                 bookmarks,
@@ -456,7 +480,7 @@ async fn handle(
                 .objects
                 .iter()
                 .filter(|((o_ns, _), _)| ns.as_ref().is_none_or(|n| n == o_ns))
-                .filter(|(_, o)| selected(o, q.get("fieldSelector")))
+                .filter(|(_, o)| selected(o, q.get("fieldSelector"), q.get("labelSelector")))
                 .map(|(_, o)| o.clone())
                 .collect();
             let start: usize = q.get("continue").and_then(|c| c.parse().ok()).unwrap_or(0);
@@ -550,7 +574,8 @@ async fn watch(
     inner: Arc<Mutex<Inner>>,
     key: String,
     ns: Option<String>,
-    selector: Option<String>,
+    fields: Option<String>,
+    labels: Option<String>,
     mut from: u64,
     epoch: u64,
     bookmarks: bool,
@@ -573,7 +598,7 @@ async fn watch(
                         && ns
                             .as_ref()
                             .is_none_or(|n| o["metadata"]["namespace"] == n.as_str())
-                        && selected(o, selector.as_ref())
+                        && selected(o, fields.as_ref(), labels.as_ref())
                 })
                 .map(|(_, t, o)| json!({"type": t, "object": o}).to_string())
                 .collect();

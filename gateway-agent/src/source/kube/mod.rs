@@ -6,11 +6,13 @@
 //!   the server does not serve reported once and retried quietly);
 //! - `store`: the objects, and one debounced reading per burst of changes;
 //! - `nodes`: the Nodes' addresses, for Gateways without spec.addresses;
+//! - `pods`: which nodes have a ready agent (the leader watches the agent Pods);
 //! - `lease`: leader election among the agents;
 //! - `status` + `shape`: server-side apply of statuses and Events for rejected objects.
 
 mod lease;
 mod nodes;
+mod pods;
 mod shape;
 mod status;
 mod store;
@@ -59,6 +61,9 @@ pub struct KubeOptions {
     pub write_status: bool,
     /// Prefer endpoints on `node_name` (see `Objects::set_preferred_node`).
     pub prefer_local_endpoints: bool,
+    /// Label selector of the agent's own Pods in `lease_namespace`: Gateway addresses are the
+    /// addresses of the nodes where one of them is Ready.
+    pub agent_selector: String,
 }
 
 /// The running source.
@@ -69,7 +74,9 @@ pub struct KubeSource {
     readings: Option<mpsc::Receiver<Reading>>,
     client: Client,
     opts: KubeOptions,
-    nodes: tokio_watch::Receiver<Vec<String>>,
+    nodes: tokio_watch::Receiver<std::collections::BTreeMap<String, Vec<String>>>,
+    /// Retry delays of the agent Pod watch (started with the status writer).
+    backoff: watch::Backoff,
     uids: store::Uids,
     tasks: Vec<JoinHandle<()>>,
     /// The election: its stop signal and task, for [`KubeSource::shutdown`].
@@ -222,7 +229,7 @@ impl KubeSource {
         ));
         drop(tx);
 
-        let (nodes_tx, nodes) = tokio_watch::channel(Vec::new());
+        let (nodes_tx, nodes) = tokio_watch::channel(Default::default());
         tasks.push(tokio::spawn(nodes::run(
             Api::<Node>::all(client.clone()),
             watch_opts.clone(),
@@ -251,6 +258,7 @@ impl KubeSource {
             client,
             opts,
             nodes,
+            backoff: watch_opts.backoff,
             uids,
             tasks,
             lease: None,
@@ -305,6 +313,14 @@ impl KubeSource {
         let (stop, stopped) = tokio::sync::oneshot::channel();
         let election = tokio::spawn(lease::run(leases, lease_opts, leader_tx, stopped));
         self.lease = Some((stop, election));
+        let (ready_tx, ready) = tokio_watch::channel(pods::Readiness::Pending);
+        self.tasks.push(tokio::spawn(pods::run(
+            Api::namespaced(self.client.clone(), &self.opts.lease_namespace),
+            self.opts.agent_selector.clone(),
+            self.backoff.clone(),
+            leader.clone(),
+            ready_tx,
+        )));
         let writer = status::Writer::new(
             self.client.clone(),
             self.opts.node_name.clone(),
@@ -313,6 +329,7 @@ impl KubeSource {
         self.tasks.push(tokio::spawn(writer.run(
             snapshots,
             self.nodes.clone(),
+            ready,
             leader,
         )));
     }

@@ -21,6 +21,8 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use super::{
+    nodes::gateway_addresses,
+    pods::Readiness,
     shape::{apply_body, keep_transition_times, rejection},
     store::Uids,
 };
@@ -56,19 +58,30 @@ impl Writer {
         }
     }
 
-    /// Writes while `leader` says so, after every snapshot or node-address change.
+    /// Writes while `leader` says so, after every snapshot, node-address or agent-readiness
+    /// change. Gateways without spec.addresses get the addresses of the nodes `ready` names
+    /// (every node's when it is [`Readiness::Unavailable`]); nothing is written while it is
+    /// [`Readiness::Pending`] (the leader's first Pod list), so no address set is written only
+    /// to be corrected a moment later.
     pub async fn run(
         mut self,
         mut snapshots: watch::Receiver<Arc<Snapshot>>,
-        mut nodes: watch::Receiver<Vec<String>>,
+        mut nodes: watch::Receiver<BTreeMap<String, Vec<String>>>,
+        mut ready: watch::Receiver<Readiness>,
         mut leader: watch::Receiver<bool>,
     ) {
         let mut failed;
         loop {
+            let readiness = ready.borrow_and_update().clone();
             if *leader.borrow_and_update() {
-                let snap = snapshots.borrow_and_update().clone();
-                let addresses = nodes.borrow_and_update().clone();
-                failed = !self.sync(&snap.statuses, &addresses).await;
+                if readiness == Readiness::Pending {
+                    failed = false;
+                } else {
+                    let snap = snapshots.borrow_and_update().clone();
+                    let addresses =
+                        gateway_addresses(&nodes.borrow_and_update(), readiness.restriction());
+                    failed = !self.sync(&snap.statuses, &addresses).await;
+                }
             } else {
                 // Whoever leads meanwhile may write; on taking over we write everything once.
                 self.written.clear();
@@ -78,6 +91,7 @@ impl Writer {
             tokio::select! {
                 r = snapshots.changed() => if r.is_err() { return },
                 r = nodes.changed() => if r.is_err() { return },
+                r = ready.changed() => if r.is_err() { return },
                 r = leader.changed() => if r.is_err() { return },
                 _ = tokio::time::sleep(RETRY), if failed => {}
             }
