@@ -371,32 +371,127 @@ async fn relay_spliced(
     if upstream.write_all(&hello).await.is_err() {
         return 0;
     }
-    let mut copied = hello.len() as u64;
+    // From here on userspace never reads either socket: a read could take bytes the verdict
+    // program has not redirected yet and reorder the stream. It only watches each side's TCP
+    // state (a FIN or a reset wakes the socket's waiters) and passes a half-close on once the
+    // other socket has taken every byte the kernel redirected towards it.
     let (mut client_done, mut upstream_done) = (false, false);
-    let mut buf = vec![0u8; 16 * 1024];
-    while !(client_done && upstream_done) {
+    loop {
         tokio::select! {
-            r = client.readable(), if !client_done => {
-                if r.is_err() { break; }
-                match client.try_read(&mut buf) {
-                    Ok(0) => { client_done = true; let _ = upstream.shutdown().await; }
-                    Ok(n) => { copied += n as u64; if upstream.write_all(&buf[..n]).await.is_err() { break; } }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(_) => break,
-                }
-            }
-            r = upstream.readable(), if !upstream_done => {
-                if r.is_err() { break; }
-                match upstream.try_read(&mut buf) {
-                    Ok(0) => { upstream_done = true; let _ = client.shutdown().await; }
-                    Ok(n) => { copied += n as u64; if client.write_all(&buf[..n]).await.is_err() { break; } }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(_) => break,
-                }
-            }
+            r = client.ready(tokio::io::Interest::READABLE), if !client_done => if r.is_err() { break },
+            r = upstream.ready(tokio::io::Interest::READABLE), if !upstream_done => if r.is_err() { break },
+            // A state change that raced the readiness edge is still seen.
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        let (c, u) = (peer_state(&client), peer_state(&upstream));
+        if c == PeerState::Reset || u == PeerState::Reset {
+            break;
+        }
+        if !client_done && c == PeerState::Finished {
+            // Towards the backend: the hello (written here) and what the kernel moved.
+            half_close(&guard, 0, &mut upstream, hello.len() as u64).await;
+            client_done = true;
+        }
+        if !upstream_done && u == PeerState::Finished {
+            half_close(&guard, 1, &mut client, 0).await;
+            upstream_done = true;
+        }
+        if client_done && upstream_done {
+            break;
+        }
+        for sock in [&client, &upstream] {
+            // Clear the readiness this wake-up consumed (nothing is read).
+            let _ = sock.try_io(tokio::io::Interest::READABLE, || {
+                Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
+            });
         }
     }
     drop(guard);
     tracing::debug!(%peer, backend = %s.backend, sni = %s.sni, "spliced passthrough connection closed");
-    copied
+    hello.len() as u64
+}
+
+/// What a spliced socket's peer has done, from the socket's TCP state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PeerState {
+    /// Still sending.
+    Open,
+    /// Sent its FIN.
+    Finished,
+    /// Reset the connection, or the socket is gone.
+    Reset,
+}
+
+/// TCP_INFO of a socket.
+fn tcp_info(socket: &TcpStream) -> Option<libc::tcp_info> {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: tcp_info is plain data; getsockopt writes at most `len` bytes into it.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then_some(info)
+}
+
+fn peer_state(socket: &TcpStream) -> PeerState {
+    // include/net/tcp_states.h
+    const TCP_CLOSE: u8 = 7;
+    const TCP_CLOSE_WAIT: u8 = 8;
+    const TCP_LAST_ACK: u8 = 9;
+    const TCP_CLOSING: u8 = 11;
+    const TCP_TIME_WAIT: u8 = 6;
+    match socket.take_error() {
+        Ok(None) => {}
+        Ok(Some(e)) | Err(e) => {
+            tracing::debug!(error = %e, "spliced socket error");
+            return PeerState::Reset;
+        }
+    }
+    match tcp_info(socket).map(|i| i.tcpi_state) {
+        None | Some(TCP_CLOSE) => PeerState::Reset,
+        Some(TCP_CLOSE_WAIT | TCP_LAST_ACK | TCP_CLOSING | TCP_TIME_WAIT) => PeerState::Finished,
+        Some(_) => PeerState::Open,
+    }
+}
+
+/// Bytes written into a TCP socket so far: sent once (retransmissions not counted twice) or
+/// still queued unsent.
+fn bytes_written(socket: &TcpStream) -> Option<u64> {
+    let i = tcp_info(socket)?;
+    Some(i.tcpi_bytes_sent - i.tcpi_bytes_retrans + u64::from(i.tcpi_notsent_bytes))
+}
+
+/// Passes a FIN from socket `from` (0: client, 1: upstream) on to `to` once `to` has taken every
+/// byte the kernel redirected towards it plus the `own` bytes the agent wrote into it itself:
+/// redirected bytes wait in the kernel's psock queue for a moment, and a shutdown before they
+/// are written would lose them. Gives up waiting after a few seconds (a peer that stopped
+/// reading), and shuts down anyway.
+async fn half_close(
+    guard: &crate::dataplane::Spliced<'_>,
+    from: usize,
+    to: &mut TcpStream,
+    own: u64,
+) {
+    use tokio::io::AsyncWriteExt as _;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let owed = guard.redirected().map(|r| r[from] + own);
+        match (owed, bytes_written(to)) {
+            (Ok(owed), Some(written)) if written >= owed => break,
+            (Err(_), _) | (_, None) => break,
+            _ if tokio::time::Instant::now() >= deadline => {
+                tracing::debug!("spliced bytes still queued at half-close; shutting down anyway");
+                break;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(2)).await,
+        }
+    }
+    let _ = to.shutdown().await;
 }

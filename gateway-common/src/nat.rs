@@ -121,6 +121,10 @@ pub struct SplicePeer {
     pub peer_key: u32,
     /// Index of the TLSRoute's counters in `SPLICE_STATS`.
     pub route: u32,
+    /// Bytes the verdict program redirected from this socket to its peer (written by the
+    /// program; the agent reads it to know when the peer has taken them all before it passes a
+    /// half-close on).
+    pub bytes: u64,
 }
 
 #[cfg(feature = "user")]

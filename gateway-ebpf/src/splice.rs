@@ -29,15 +29,24 @@ static SPLICE_PEERS: HashMap<u64, SplicePeer, { MAX_SPLICED_SOCKETS as usize }> 
 static SPLICE_STATS: PerCpuArray<TrafficCounters, { MAX_LISTENERS as usize }> = PerCpuArray::new();
 
 const SK_PASS: u32 = 1;
+const SK_DROP: u32 = 0;
 
 /// Redirects the bytes of a spliced socket to its peer's send queue.
 #[stream_verdict]
 pub fn nodegate_splice(ctx: SkBuffContext) -> u32 {
+    // A FIN arrives as an empty skb. Redirected, the kernel's psock backlog fails to send zero
+    // bytes and reports EPIPE on the peer, stopping its transmit; the FIN itself is already
+    // handled by TCP (the agent passes it on), so there is nothing to move.
+    if ctx.len() == 0 {
+        return SK_DROP;
+    }
     let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb as *mut _) };
-    let Some(peer) = SPLICE_PEERS.get_ptr(cookie) else {
+    let Some(entry) = SPLICE_PEERS.get_ptr_mut(cookie) else {
         return SK_PASS;
     };
-    let peer = unsafe { *peer };
+    // One socket's receive path runs under its lock, so this entry has one writer at a time.
+    unsafe { (*entry).bytes += u64::from(ctx.len()) };
+    let peer = unsafe { *entry };
     if let Some(c) = SPLICE_STATS.get_ptr_mut(peer.route) {
         unsafe {
             (*c).packets += 1;

@@ -20,7 +20,7 @@ use gateway_common::map_names;
 pub use aging::Timeouts;
 pub use attach::Attachment;
 pub use listeners::{ListenerEntry, Transport};
-pub use splice::Splicer;
+pub use splice::{Spliced, Splicer};
 pub use stats::DataplaneStats;
 
 use crate::cli::AttachMode;

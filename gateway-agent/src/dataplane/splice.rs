@@ -120,9 +120,15 @@ impl Splicer {
         }
         let inserted = (|| -> anyhow::Result<()> {
             for (cookie, peer_key) in [(cookies[0], keys[1]), (cookies[1], keys[0])] {
-                inner
-                    .peers
-                    .insert(cookie, SplicePeer { peer_key, route }, 0)?;
+                inner.peers.insert(
+                    cookie,
+                    SplicePeer {
+                        peer_key,
+                        route,
+                        bytes: 0,
+                    },
+                    0,
+                )?;
             }
             inner.socks.insert(keys[0], a.as_raw_fd(), 0)?;
             inner.socks.insert(keys[1], b.as_raw_fd(), 0)?;
@@ -139,6 +145,23 @@ impl Splicer {
             keys,
             cookies,
         })
+    }
+}
+
+impl Spliced<'_> {
+    /// Bytes the kernel has redirected so far from each socket of the pair to the other, in
+    /// the order the pair was spliced (`[from a, from b]`).
+    pub fn redirected(&self) -> anyhow::Result<[u64; 2]> {
+        let inner = self
+            .splicer
+            .inner
+            .lock()
+            .map_err(|_| anyhow::anyhow!("splice maps poisoned"))?;
+        let mut out = [0u64; 2];
+        for (o, c) in out.iter_mut().zip(self.cookies) {
+            *o = inner.peers.get(&c, 0)?.bytes;
+        }
+        Ok(out)
     }
 }
 
