@@ -315,8 +315,30 @@ async fn relay(
         }
         Err(e) => {
             tracing::debug!(%peer, backend = %s.backend, sni = %s.sni, error = %e, "passthrough connection reset");
+            reset_on_close(&client);
+            reset_on_close(&upstream);
             0
         }
+    }
+}
+
+/// Makes closing `socket` send a RST instead of a FIN (SO_LINGER with a zero timeout), so a
+/// reset on one side of a relayed connection reaches the other side as a reset.
+fn reset_on_close(socket: &TcpStream) {
+    use std::os::fd::AsRawFd as _;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt reads one `linger` from the pointer.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
     }
 }
 
@@ -385,6 +407,8 @@ async fn relay_spliced(
         }
         let (c, u) = (peer_state(&client), peer_state(&upstream));
         if c == PeerState::Reset || u == PeerState::Reset {
+            reset_on_close(&client);
+            reset_on_close(&upstream);
             break;
         }
         if !client_done && c == PeerState::Finished {

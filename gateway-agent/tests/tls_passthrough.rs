@@ -574,3 +574,80 @@ fn half_close_is_passed_on_sockmap() {
 fn half_close_is_passed_on_userspace() {
     half_close_is_passed_on("userspace");
 }
+
+/// A backend that reads the hello, says `hi` and then resets the connection (SO_LINGER 0).
+fn resetting_backend(hello_len: usize) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        use std::io::Read as _;
+        let (mut s, _) = listener.accept().unwrap();
+        let mut hello = vec![0u8; hello_len];
+        s.read_exact(&mut hello).unwrap();
+        s.write_all(b"hi").unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        // SAFETY: setsockopt reads one `linger`.
+        unsafe {
+            use std::os::fd::AsRawFd as _;
+            let linger = libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&raw const linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            );
+        }
+        drop(s);
+    });
+    port
+}
+
+/// A backend's reset reaches the client as a reset, not as an orderly close.
+fn reset_is_passed_on(mode: &str) {
+    testbed::require_root("the TLS passthrough end-to-end test").unwrap();
+    let hello = testbed::tls_client_hello("bulk.example.com");
+    let backend_port = resetting_backend(hello.len());
+    let gw_port = free_port();
+    let config = ConfigDir::new(
+        &format!("reset-{mode}"),
+        &[("all.yaml", &passthrough_config(gw_port, backend_port))],
+    )
+    .unwrap();
+    let bpffs = TempBpffs::mount("reset").unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let _agent = Agent::start_local_with(
+        &bpffs,
+        config.path(),
+        admin,
+        &["--passthrough-splice", mode],
+    )
+    .expect("agent");
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", gw_port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(&hello).unwrap();
+    let mut hi = [0u8; 2];
+    std::io::Read::read_exact(&mut s, &mut hi).unwrap();
+    assert_eq!(&hi, b"hi");
+    let mut rest = Vec::new();
+    let err = std::io::Read::read_to_end(&mut s, &mut rest)
+        .expect_err("the connection ends with an error, not EOF");
+    assert_eq!(
+        err.kind(),
+        std::io::ErrorKind::ConnectionReset,
+        "the backend's reset reached the client ({mode})"
+    );
+}
+
+#[test]
+fn reset_is_passed_on_sockmap() {
+    reset_is_passed_on("sockmap");
+}
+
+#[test]
+fn reset_is_passed_on_userspace() {
+    reset_is_passed_on("userspace");
+}
