@@ -266,9 +266,18 @@ fn http_section(topo: &Topology) -> anyhow::Result<()> {
         out.push(format!("GET /old/page -> {status} Location: {location}"));
         let (status, _, body) = testbed::http_request(gw, "GET", "/api/users", &[])?;
         out.push(format!("GET /api/users -> {status} {}", body.trim()));
+        // The listener binds the IPv4 wildcard, served dual-stack.
+        let gw6 = SocketAddr::new(GATEWAY_V6.into(), 80);
+        let (status6, _, body6) = testbed::http_request(gw6, "GET", "/", &[])?;
+        out.push(format!(
+            "GET http://[{GATEWAY_V6}]/ (IPv6) -> {status6} {}",
+            body6.trim()
+        ));
         let ok = split.keys().any(|k| k.contains("web-v1"))
             && status == 200
-            && body.contains("path=/v2/users");
+            && body.contains("path=/v2/users")
+            && status6 == 200
+            && body6.contains("backend=web-");
         if !ok {
             bail!("HTTP routing did not behave as configured: {out:?}");
         }
