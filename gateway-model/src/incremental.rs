@@ -419,11 +419,17 @@ impl Compiler {
                     let mut problem = None;
                     let rules = e.with_rules(|v| routes::http_rules(objects, v, &mut problem));
                     e.http_problem = problem;
-                    for (socket, pattern) in &placed {
+                    let mut rules = Some(rules);
+                    for (n, (socket, pattern)) in placed.iter().enumerate() {
                         let host = self.host(&socket_index, *socket, pattern);
                         host.placements += 1;
                         host.touched = true;
-                        host.add.extend(rules.iter().cloned());
+                        // The last placement takes the rules, the others copy them.
+                        if n + 1 == placed.len() {
+                            host.add.extend(rules.take().into_iter().flatten());
+                        } else {
+                            host.add.extend(rules.iter().flatten().cloned());
+                        }
                     }
                 }
                 e.placed = placed;
@@ -493,6 +499,7 @@ impl Compiler {
         }
         self.head_statuses = statuses.len();
         drop((views, effective, ordered));
+        let mut memo = compile::StatusMemo::default();
         for (i, e) in entries.iter_mut().enumerate() {
             let e = &mut **e;
             let outs: &[ParentOutcome] = overrides.get(&i).unwrap_or(&e.outcomes);
@@ -514,7 +521,9 @@ impl Compiler {
                     .as_ref()
                     .is_some_and(|(o, p)| o.as_slice() == outs && *p == problem);
             if !reuse {
-                e.status = Some(compile::route_status(&e.view, outs, &problem, &opts));
+                e.status = Some(compile::route_status(
+                    &e.view, outs, &problem, &opts, &mut memo,
+                ));
                 e.status_inputs = Some((outs.to_vec(), problem));
             }
             statuses.extend(e.status.take());

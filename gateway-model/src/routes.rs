@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::{
@@ -46,8 +47,8 @@ fn json_rules<T: serde::Serialize>(rules: &[T]) -> Vec<Value> {
 fn l4_refs<T: serde::Serialize>(rules: &[T]) -> Vec<BackendRef> {
     json_rules(rules)
         .iter()
-        .flat_map(|r| r["backendRefs"].as_array().cloned().unwrap_or_default())
-        .filter_map(|b| serde_json::from_value(b).ok())
+        .flat_map(|r| r["backendRefs"].as_array().into_iter().flatten())
+        .filter_map(|b| BackendRef::deserialize(b).ok())
         .collect()
 }
 
@@ -474,7 +475,7 @@ fn filter(
         }
         "RequestMirror" => {
             let v = &f["requestMirror"];
-            let br: BackendRef = serde_json::from_value(v["backendRef"].clone()).ok()?;
+            let br = BackendRef::deserialize(&v["backendRef"]).ok()?;
             let percent = if let Some(p) = v["percent"].as_f64() {
                 p
             } else if let Some(n) = v["fraction"]["numerator"].as_f64() {
@@ -548,8 +549,8 @@ pub(crate) fn first_ref_problem(objects: &Objects, r: &RouteView) -> Option<RefP
         RouteRules::L4(refs) => refs.clone(),
         RouteRules::Http(rules) | RouteRules::Grpc(rules) => rules
             .iter()
-            .flat_map(|rule| rule["backendRefs"].as_array().cloned().unwrap_or_default())
-            .filter_map(|b| serde_json::from_value(b).ok())
+            .flat_map(|rule| rule["backendRefs"].as_array().into_iter().flatten())
+            .filter_map(|b| BackendRef::deserialize(b).ok())
             .collect(),
     };
     let extension = match &r.rules {
@@ -605,7 +606,7 @@ pub(crate) fn http_rules(
             .into_iter()
             .flatten()
             .filter_map(|b| {
-                let br: BackendRef = serde_json::from_value(b.clone()).ok()?;
+                let br = BackendRef::deserialize(b).ok()?;
                 let raw: Vec<&Value> = b["filters"].as_array().into_iter().flatten().collect();
                 let own: Vec<Filter> = raw
                     .iter()
