@@ -9,7 +9,7 @@ use crate::{
     gateway::GatewayState,
     model::Model,
     objects::{Kind, Object, Objects, name_of, namespace_of},
-    refs::{GATEWAY_GROUP, ParentRef, RefProblem, normalize},
+    refs::{GATEWAY_GROUP, ParentRef, RefProblem},
     routes::{self, RouteRules},
     status::{Condition, ObjectStatus, conditions_json},
 };
@@ -82,7 +82,7 @@ impl RouteView {
 /// [`Compiler::update`](crate::Compiler::update) of a new [`Compiler`](crate::Compiler); hold a
 /// `Compiler` instead to recompile cheaply after a few objects changed.
 pub fn compile(objects: &Objects, opts: &CompileOptions) -> Compiled {
-    let mut compiler = crate::Compiler::new(opts.clone());
+    let mut compiler = crate::Compiler::one_shot(opts.clone());
     compiler.update(objects);
     compiler.into_compiled()
 }
@@ -278,16 +278,27 @@ pub(crate) fn gateway_status(g: &GatewayState, time: &str) -> ObjectStatus {
     }
 }
 
-/// Normalises `x` into the parentRef shape (used by `routes`).
-pub(crate) fn parent_refs<T: serde::Serialize>(refs: Option<&Vec<T>>) -> Vec<ParentRef> {
-    refs.into_iter().flatten().filter_map(normalize).collect()
-}
-
 /// metadata.creationTimestamp as RFC 3339 ("" when unset, which sorts oldest).
 pub(crate) fn created(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
-    meta.creation_timestamp
-        .as_ref()
-        .and_then(|t| serde_json::to_value(t).ok())
+    let Some(t) = meta.creation_timestamp.as_ref() else {
+        return String::new();
+    };
+    // What `Time` serialises to (`%Y-%m-%dT%H:%M:%SZ`), without going through its formatter
+    // for the years that format pads to four digits.
+    let d = k8s_openapi::jiff::tz::Offset::UTC.to_datetime(t.0);
+    if (0..=9999).contains(&d.year()) {
+        return format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+            d.year(),
+            d.month(),
+            d.day(),
+            d.hour(),
+            d.minute(),
+            d.second()
+        );
+    }
+    serde_json::to_value(t)
+        .ok()
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_default()
 }

@@ -65,6 +65,9 @@ pub struct Compiler {
     sockets: Vec<SocketState>,
     /// Whether at least one update ran.
     primed: bool,
+    /// Whether what only later updates use is kept (false for [`crate::compile`], which
+    /// makes one update and drops the compiler).
+    keep: bool,
 }
 
 #[derive(Debug)]
@@ -172,11 +175,15 @@ fn service_of(o: &Object) -> Option<(String, String)> {
 }
 
 impl RouteEntry {
-    fn new(key: ObjectKey, object: Arc<Object>) -> Option<Self> {
+    fn new(key: ObjectKey, object: Arc<Object>, keep: bool) -> Option<Self> {
         let view = routes::view(&object)?;
         let rule_route = format!("{} {}", view.kind.as_str(), view.id());
         Some(RouteEntry {
-            deps: routes::service_deps(&view),
+            deps: if keep {
+                routes::service_deps(&view)
+            } else {
+                Vec::new()
+            },
             key,
             object,
             view,
@@ -232,6 +239,16 @@ impl Compiler {
             routes: Vec::new(),
             sockets: Vec::new(),
             primed: false,
+            keep: true,
+        }
+    }
+
+    /// A compiler for one update only: it skips the bookkeeping that serves later updates
+    /// (Services each route names, what each status was built from). Same result.
+    pub(crate) fn one_shot(opts: CompileOptions) -> Self {
+        Compiler {
+            keep: false,
+            ..Compiler::new(opts)
         }
     }
 
@@ -337,7 +354,7 @@ impl Compiler {
                     }
                     other => {
                         gone.extend(other);
-                        if let Some(e) = RouteEntry::new(key.clone(), object.clone()) {
+                        if let Some(e) = RouteEntry::new(key.clone(), object.clone(), self.keep) {
                             entries.push(Box::new(e));
                             fresh.push(true);
                         }
@@ -524,7 +541,9 @@ impl Compiler {
                 e.status = Some(compile::route_status(
                     &e.view, outs, &problem, &opts, &mut memo,
                 ));
-                e.status_inputs = Some((outs.to_vec(), problem));
+                if self.keep {
+                    e.status_inputs = Some((outs.to_vec(), problem));
+                }
             }
             statuses.extend(e.status.take());
         }

@@ -9,13 +9,13 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::{
-    compile::{RouteView, created, ns_name, parent_refs},
+    compile::{RouteView, created, ns_name},
     http::{
         Backend, Cors, Fallback, Filter, HeaderModifier, HttpRule, Matcher, OrderKey, PathMatch,
         PathModifier, Retry, Timeouts, ValueMatch,
     },
     objects::{Kind, Object, Objects},
-    refs::{BackendRef, RefProblem, resolve_backend},
+    refs::{BackendRef, ParentRef, RefProblem, resolve_backend},
 };
 
 /// The rules of a route, by family.
@@ -52,41 +52,60 @@ fn l4_refs<T: serde::Serialize>(rules: &[T]) -> Vec<BackendRef> {
         .collect()
 }
 
+/// The parentRefs of any route kind in the common shape, field by field (the generated structs
+/// have the same fields).
+macro_rules! typed_parent_refs {
+    ($refs:expr) => {
+        $refs
+            .iter()
+            .flatten()
+            .map(|p| ParentRef {
+                group: p.group.clone(),
+                kind: p.kind.clone(),
+                namespace: p.namespace.clone(),
+                name: p.name.clone(),
+                section_name: p.section_name.clone(),
+                port: p.port,
+            })
+            .collect::<Vec<ParentRef>>()
+    };
+}
+
 /// One route object in the common shape; None for objects that are not routes.
 pub(crate) fn view(o: &Object) -> Option<RouteView> {
     let (kind, meta, parents, hostnames, rules) = match o {
         Object::HTTPRoute(r) => (
             Kind::HTTPRoute,
             &r.metadata,
-            parent_refs(r.spec.parent_refs.as_ref()),
+            typed_parent_refs!(r.spec.parent_refs),
             r.spec.hostnames.clone().unwrap_or_default(),
             RouteRules::Http(json_rules(r.spec.rules.as_deref().unwrap_or_default())),
         ),
         Object::GRPCRoute(r) => (
             Kind::GRPCRoute,
             &r.metadata,
-            parent_refs(r.spec.parent_refs.as_ref()),
+            typed_parent_refs!(r.spec.parent_refs),
             r.spec.hostnames.clone().unwrap_or_default(),
             RouteRules::Grpc(json_rules(r.spec.rules.as_deref().unwrap_or_default())),
         ),
         Object::TLSRoute(r) => (
             Kind::TLSRoute,
             &r.metadata,
-            parent_refs(r.spec.parent_refs.as_ref()),
+            typed_parent_refs!(r.spec.parent_refs),
             r.spec.hostnames.clone(),
             RouteRules::L4(l4_refs(&r.spec.rules)),
         ),
         Object::TCPRoute(r) => (
             Kind::TCPRoute,
             &r.metadata,
-            parent_refs(r.spec.parent_refs.as_ref()),
+            typed_parent_refs!(r.spec.parent_refs),
             Vec::new(),
             RouteRules::L4(l4_refs(&r.spec.rules)),
         ),
         Object::UDPRoute(r) => (
             Kind::UDPRoute,
             &r.metadata,
-            parent_refs(r.spec.parent_refs.as_ref()),
+            typed_parent_refs!(r.spec.parent_refs),
             Vec::new(),
             RouteRules::L4(l4_refs(&r.spec.rules)),
         ),
