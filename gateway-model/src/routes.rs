@@ -15,7 +15,7 @@ use crate::{
         PathModifier, Retry, Timeouts, ValueMatch,
     },
     objects::{Kind, Object, Objects},
-    refs::{BackendRef, ParentRef, RefProblem, resolve_backend},
+    refs::{BackendRef, ParentRef, RefProblem, backend_problem, resolve_backend},
 };
 
 /// The rules of a route, by family.
@@ -589,7 +589,7 @@ pub(crate) fn first_ref_problem(objects: &Objects, r: &RouteView) -> Option<RefP
             .map(extension_ref_problem),
     };
     refs.iter()
-        .find_map(|br| resolve_backend(objects, r.kind.as_str(), &r.namespace, br).err())
+        .find_map(|br| backend_problem(objects, r.kind.as_str(), &r.namespace, br))
         .or(extension)
 }
 
