@@ -335,8 +335,12 @@ impl Compiler {
 
         // Routes: merge the new objects with the cached entries (both in key order).
         let mut old = std::mem::take(&mut self.routes).into_iter().peekable();
-        let mut entries: Vec<Box<RouteEntry>> = Vec::new();
-        let mut fresh: Vec<bool> = Vec::new();
+        let route_count: usize = routes::ROUTE_KINDS
+            .iter()
+            .map(|&k| objects.of_kind_shared(k).count())
+            .sum();
+        let mut entries: Vec<Box<RouteEntry>> = Vec::with_capacity(route_count);
+        let mut fresh: Vec<bool> = Vec::with_capacity(route_count);
         let mut gone: Vec<Box<RouteEntry>> = Vec::new();
         for kind in routes::ROUTE_KINDS {
             for (key, object) in objects.of_kind_shared(kind) {

@@ -681,12 +681,14 @@ pub(crate) fn http_rules(
             .map(Vec::as_slice)
             .filter(|m| !m.is_empty())
             .unwrap_or(&default_match);
+        let route = format!("{} {}", r.kind.as_str(), r.id());
+        let route_name = r.id();
         for (mi, m) in matches.iter().enumerate() {
             let Ok((matcher, path_kind, path_len)) = matcher(m, grpc) else {
                 continue;
             };
             out.push(HttpRule {
-                route: format!("{} {}", r.kind.as_str(), r.id()),
+                route: route.clone(),
                 rule: ri,
                 order: OrderKey {
                     path_kind,
@@ -695,7 +697,7 @@ pub(crate) fn http_rules(
                     headers: matcher.headers.len(),
                     query: matcher.query.len(),
                     created: r.created.clone(),
-                    route_name: r.id(),
+                    route_name: route_name.clone(),
                     position: (ri, mi),
                 },
                 matcher,
