@@ -9,7 +9,7 @@ use crate::{
     gateway::GatewayState,
     model::Model,
     objects::{Kind, Object, Objects, name_of, namespace_of},
-    refs::{GATEWAY_GROUP, ParentRef, RefProblem, normalize},
+    refs::{GATEWAY_GROUP, ParentRef, RefProblem},
     routes::{self, RouteRules},
     status::{Condition, ObjectStatus, conditions_json},
 };
@@ -82,7 +82,7 @@ impl RouteView {
 /// [`Compiler::update`](crate::Compiler::update) of a new [`Compiler`](crate::Compiler); hold a
 /// `Compiler` instead to recompile cheaply after a few objects changed.
 pub fn compile(objects: &Objects, opts: &CompileOptions) -> Compiled {
-    let mut compiler = crate::Compiler::new(opts.clone());
+    let mut compiler = crate::Compiler::one_shot(opts.clone());
     compiler.update(objects);
     compiler.into_compiled()
 }
@@ -124,58 +124,105 @@ pub(crate) fn class_statuses(
     (statuses, our_classes)
 }
 
+/// The last per-parent status entry built, with what it was built from: routes that share a
+/// parentRef, outcome, ResolvedRefs problem, dropped rules and generation (most routes of a
+/// snapshot) get a copy instead of serialising the same JSON again.
+#[derive(Debug, Default)]
+pub(crate) struct StatusMemo {
+    last: Option<(ParentOutcomeKey, Value)>,
+}
+
+#[derive(Debug)]
+struct ParentOutcomeKey {
+    parent_ref: ParentRef,
+    accepted: Result<(), (&'static str, String)>,
+    problem: Option<RefProblem>,
+    invalid_rules: Vec<(usize, routes::RuleProblem)>,
+    generation: Option<i64>,
+}
+
+impl ParentOutcomeKey {
+    fn matches(&self, r: &RouteView, o: &ParentOutcome, problem: &Option<RefProblem>) -> bool {
+        self.generation == r.generation
+            && self.parent_ref == o.parent_ref
+            && self.accepted == o.accepted
+            && self.problem == *problem
+            && self.invalid_rules == r.invalid_rules
+    }
+}
+
 /// The status of a route with at least one parentRef of ours.
 pub(crate) fn route_status(
     r: &RouteView,
     outcomes: &[ParentOutcome],
     problem: &Option<RefProblem>,
     opts: &CompileOptions,
+    memo: &mut StatusMemo,
 ) -> ObjectStatus {
     let time = opts.transition_time.as_str();
-    let resolved = match problem {
-        None => Condition::ok("ResolvedRefs", "ResolvedRefs", "all references resolved"),
-        Some(p) => Condition::fail("ResolvedRefs", p.reason, p.message.clone()),
+    let parent = |o: &ParentOutcome| {
+        let resolved = match problem {
+            None => Condition::ok("ResolvedRefs", "ResolvedRefs", "all references resolved"),
+            Some(p) => Condition::fail("ResolvedRefs", p.reason, p.message.clone()),
+        };
+        let mut conditions = vec![
+            match &o.accepted {
+                Ok(()) => Condition::ok("Accepted", "Accepted", "route accepted"),
+                Err((reason, message)) => Condition::fail("Accepted", reason, message.clone()),
+            },
+            resolved,
+        ];
+        // "Drop Rule(s): ... The message for this condition MUST start with the prefix
+        // 'Dropped Rule' ... the Accepted condition MUST be set to True". "This condition
+        // MUST NOT be set if a Route is fully valid, fully invalid, or not accepted."
+        if o.accepted.is_ok() && !r.invalid_rules.is_empty() {
+            let (reason, _) = &r.invalid_rules[0].1;
+            let detail: Vec<String> = r
+                .invalid_rules
+                .iter()
+                .map(|(i, (_, m))| format!("rule {i}: {m}"))
+                .collect();
+            conditions.push(Condition {
+                type_: "PartiallyInvalid",
+                status: true,
+                reason,
+                message: format!("Dropped Rule(s): {}", detail.join("; ")),
+            });
+        }
+        json!({
+            "parentRef": o.parent_ref,
+            "controllerName": opts.controller_name,
+            "conditions": conditions_json(&conditions, r.generation, time),
+        })
     };
     let parents: Vec<Value> = outcomes
         .iter()
         .map(|o| {
-            let mut conditions = vec![
-                match &o.accepted {
-                    Ok(()) => Condition::ok("Accepted", "Accepted", "route accepted"),
-                    Err((reason, message)) => Condition::fail("Accepted", reason, message.clone()),
-                },
-                resolved.clone(),
-            ];
-            // "Drop Rule(s): ... The message for this condition MUST start with the prefix
-            // 'Dropped Rule' ... the Accepted condition MUST be set to True". "This condition
-            // MUST NOT be set if a Route is fully valid, fully invalid, or not accepted."
-            if o.accepted.is_ok() && !r.invalid_rules.is_empty() {
-                let (reason, _) = &r.invalid_rules[0].1;
-                let detail: Vec<String> = r
-                    .invalid_rules
-                    .iter()
-                    .map(|(i, (_, m))| format!("rule {i}: {m}"))
-                    .collect();
-                conditions.push(Condition {
-                    type_: "PartiallyInvalid",
-                    status: true,
-                    reason,
-                    message: format!("Dropped Rule(s): {}", detail.join("; ")),
-                });
+            if let Some((key, v)) = &memo.last
+                && key.matches(r, o, problem)
+            {
+                return v.clone();
             }
-            json!({
-                "parentRef": o.parent_ref,
-                "controllerName": opts.controller_name,
-                "conditions": conditions_json(&conditions, r.generation, time),
-            })
+            let v = parent(o);
+            let key = ParentOutcomeKey {
+                parent_ref: o.parent_ref.clone(),
+                accepted: o.accepted.clone(),
+                problem: problem.clone(),
+                invalid_rules: r.invalid_rules.clone(),
+                generation: r.generation,
+            };
+            memo.last = Some((key, v.clone()));
+            v
         })
         .collect();
+    let mut status = serde_json::Map::new();
+    status.insert("parents".into(), Value::Array(parents));
     ObjectStatus {
         api_version: format!("{GATEWAY_GROUP}/{}", routes::served_version(r.kind)),
         kind: r.kind.as_str().into(),
         namespace: r.namespace.clone(),
         name: r.name.clone(),
-        status: json!({ "parents": parents }),
+        status: Value::Object(status),
     }
 }
 
@@ -231,16 +278,27 @@ pub(crate) fn gateway_status(g: &GatewayState, time: &str) -> ObjectStatus {
     }
 }
 
-/// Normalises `x` into the parentRef shape (used by `routes`).
-pub(crate) fn parent_refs<T: serde::Serialize>(refs: Option<&Vec<T>>) -> Vec<ParentRef> {
-    refs.into_iter().flatten().filter_map(normalize).collect()
-}
-
 /// metadata.creationTimestamp as RFC 3339 ("" when unset, which sorts oldest).
 pub(crate) fn created(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
-    meta.creation_timestamp
-        .as_ref()
-        .and_then(|t| serde_json::to_value(t).ok())
+    let Some(t) = meta.creation_timestamp.as_ref() else {
+        return String::new();
+    };
+    // What `Time` serialises to (`%Y-%m-%dT%H:%M:%SZ`), without going through its formatter
+    // for the years that format pads to four digits.
+    let d = k8s_openapi::jiff::tz::Offset::UTC.to_datetime(t.0);
+    if (0..=9999).contains(&d.year()) {
+        return format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+            d.year(),
+            d.month(),
+            d.day(),
+            d.hour(),
+            d.minute(),
+            d.second()
+        );
+    }
+    serde_json::to_value(t)
+        .ok()
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_default()
 }

@@ -65,6 +65,9 @@ pub struct Compiler {
     sockets: Vec<SocketState>,
     /// Whether at least one update ran.
     primed: bool,
+    /// Whether what only later updates use is kept (false for [`crate::compile`], which
+    /// makes one update and drops the compiler).
+    keep: bool,
 }
 
 #[derive(Debug)]
@@ -172,11 +175,15 @@ fn service_of(o: &Object) -> Option<(String, String)> {
 }
 
 impl RouteEntry {
-    fn new(key: ObjectKey, object: Arc<Object>) -> Option<Self> {
+    fn new(key: ObjectKey, object: Arc<Object>, keep: bool) -> Option<Self> {
         let view = routes::view(&object)?;
         let rule_route = format!("{} {}", view.kind.as_str(), view.id());
         Some(RouteEntry {
-            deps: routes::service_deps(&view),
+            deps: if keep {
+                routes::service_deps(&view)
+            } else {
+                Vec::new()
+            },
             key,
             object,
             view,
@@ -232,6 +239,16 @@ impl Compiler {
             routes: Vec::new(),
             sockets: Vec::new(),
             primed: false,
+            keep: true,
+        }
+    }
+
+    /// A compiler for one update only: it skips the bookkeeping that serves later updates
+    /// (Services each route names, what each status was built from). Same result.
+    pub(crate) fn one_shot(opts: CompileOptions) -> Self {
+        Compiler {
+            keep: false,
+            ..Compiler::new(opts)
         }
     }
 
@@ -318,8 +335,12 @@ impl Compiler {
 
         // Routes: merge the new objects with the cached entries (both in key order).
         let mut old = std::mem::take(&mut self.routes).into_iter().peekable();
-        let mut entries: Vec<Box<RouteEntry>> = Vec::new();
-        let mut fresh: Vec<bool> = Vec::new();
+        let route_count: usize = routes::ROUTE_KINDS
+            .iter()
+            .map(|&k| objects.of_kind_shared(k).count())
+            .sum();
+        let mut entries: Vec<Box<RouteEntry>> = Vec::with_capacity(route_count);
+        let mut fresh: Vec<bool> = Vec::with_capacity(route_count);
         let mut gone: Vec<Box<RouteEntry>> = Vec::new();
         for kind in routes::ROUTE_KINDS {
             for (key, object) in objects.of_kind_shared(kind) {
@@ -337,7 +358,7 @@ impl Compiler {
                     }
                     other => {
                         gone.extend(other);
-                        if let Some(e) = RouteEntry::new(key.clone(), object.clone()) {
+                        if let Some(e) = RouteEntry::new(key.clone(), object.clone(), self.keep) {
                             entries.push(Box::new(e));
                             fresh.push(true);
                         }
@@ -419,11 +440,17 @@ impl Compiler {
                     let mut problem = None;
                     let rules = e.with_rules(|v| routes::http_rules(objects, v, &mut problem));
                     e.http_problem = problem;
-                    for (socket, pattern) in &placed {
+                    let mut rules = Some(rules);
+                    for (n, (socket, pattern)) in placed.iter().enumerate() {
                         let host = self.host(&socket_index, *socket, pattern);
                         host.placements += 1;
                         host.touched = true;
-                        host.add.extend(rules.iter().cloned());
+                        // The last placement takes the rules, the others copy them.
+                        if n + 1 == placed.len() {
+                            host.add.extend(rules.take().into_iter().flatten());
+                        } else {
+                            host.add.extend(rules.iter().flatten().cloned());
+                        }
                     }
                 }
                 e.placed = placed;
@@ -493,6 +520,7 @@ impl Compiler {
         }
         self.head_statuses = statuses.len();
         drop((views, effective, ordered));
+        let mut memo = compile::StatusMemo::default();
         for (i, e) in entries.iter_mut().enumerate() {
             let e = &mut **e;
             let outs: &[ParentOutcome] = overrides.get(&i).unwrap_or(&e.outcomes);
@@ -514,8 +542,12 @@ impl Compiler {
                     .as_ref()
                     .is_some_and(|(o, p)| o.as_slice() == outs && *p == problem);
             if !reuse {
-                e.status = Some(compile::route_status(&e.view, outs, &problem, &opts));
-                e.status_inputs = Some((outs.to_vec(), problem));
+                e.status = Some(compile::route_status(
+                    &e.view, outs, &problem, &opts, &mut memo,
+                ));
+                if self.keep {
+                    e.status_inputs = Some((outs.to_vec(), problem));
+                }
             }
             statuses.extend(e.status.take());
         }

@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Service, ServicePort};
 use serde::{Deserialize, Serialize};
 
 use crate::objects::{Kind, Object, Objects, name_of, namespace_of};
@@ -136,6 +136,43 @@ pub fn resolve_backend(
     route_ns: &str,
     r: &BackendRef,
 ) -> Result<ResolvedService, RefProblem> {
+    let (ns, port, spec_port, svc) = check_backend(objects, route_kind, route_ns, r)?;
+    let h2c = matches!(
+        spec_port.app_protocol.as_deref(),
+        Some("kubernetes.io/h2c" | "h2c")
+    );
+    Ok(ResolvedService {
+        name: format!("{ns}/{}:{port}", r.name),
+        endpoints: objects.cached_endpoints(
+            (
+                ns.to_string(),
+                r.name.clone(),
+                spec_port.name.clone().unwrap_or_default(),
+            ),
+            || endpoints(objects, svc, spec_port.name.as_deref()),
+        ),
+        h2c,
+    })
+}
+
+/// Why a backendRef does not resolve, if it does not: [`resolve_backend`]'s error without
+/// building the resolved Service.
+pub(crate) fn backend_problem(
+    objects: &Objects,
+    route_kind: &str,
+    route_ns: &str,
+    r: &BackendRef,
+) -> Option<RefProblem> {
+    check_backend(objects, route_kind, route_ns, r).err()
+}
+
+/// The checks of [`resolve_backend`]: (namespace, port, Service port, Service).
+fn check_backend<'a>(
+    objects: &'a Objects,
+    route_kind: &str,
+    route_ns: &'a str,
+    r: &'a BackendRef,
+) -> Result<(&'a str, i32, &'a ServicePort, &'a Service), RefProblem> {
     let group = r.group.as_deref().unwrap_or("");
     let kind = r.kind.as_deref().unwrap_or("Service");
     if !(group.is_empty() || group == "core") || kind != "Service" {
@@ -186,22 +223,7 @@ pub fn resolve_backend(
             reason: "BackendNotFound",
             message: format!("Service {ns}/{} has no port {port}", r.name),
         })?;
-    let h2c = matches!(
-        spec_port.app_protocol.as_deref(),
-        Some("kubernetes.io/h2c" | "h2c")
-    );
-    Ok(ResolvedService {
-        name: format!("{ns}/{}:{port}", r.name),
-        endpoints: objects.cached_endpoints(
-            (
-                ns.to_string(),
-                r.name.clone(),
-                spec_port.name.clone().unwrap_or_default(),
-            ),
-            || endpoints(objects, svc, spec_port.name.as_deref()),
-        ),
-        h2c,
-    })
+    Ok((ns, port, spec_port, svc))
 }
 
 /// The endpoints of one Service port: EndpointSlices labelled with the Service's name, their port

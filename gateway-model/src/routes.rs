@@ -5,16 +5,17 @@
 
 use std::time::Duration;
 
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::{
-    compile::{RouteView, created, ns_name, parent_refs},
+    compile::{RouteView, created, ns_name},
     http::{
         Backend, Cors, Fallback, Filter, HeaderModifier, HttpRule, Matcher, OrderKey, PathMatch,
         PathModifier, Retry, Timeouts, ValueMatch,
     },
     objects::{Kind, Object, Objects},
-    refs::{BackendRef, RefProblem, resolve_backend},
+    refs::{BackendRef, ParentRef, RefProblem, backend_problem, resolve_backend},
 };
 
 /// The rules of a route, by family.
@@ -46,9 +47,28 @@ fn json_rules<T: serde::Serialize>(rules: &[T]) -> Vec<Value> {
 fn l4_refs<T: serde::Serialize>(rules: &[T]) -> Vec<BackendRef> {
     json_rules(rules)
         .iter()
-        .flat_map(|r| r["backendRefs"].as_array().cloned().unwrap_or_default())
-        .filter_map(|b| serde_json::from_value(b).ok())
+        .flat_map(|r| r["backendRefs"].as_array().into_iter().flatten())
+        .filter_map(|b| BackendRef::deserialize(b).ok())
         .collect()
+}
+
+/// The parentRefs of any route kind in the common shape, field by field (the generated structs
+/// have the same fields).
+macro_rules! typed_parent_refs {
+    ($refs:expr) => {
+        $refs
+            .iter()
+            .flatten()
+            .map(|p| ParentRef {
+                group: p.group.clone(),
+                kind: p.kind.clone(),
+                namespace: p.namespace.clone(),
+                name: p.name.clone(),
+                section_name: p.section_name.clone(),
+                port: p.port,
+            })
+            .collect::<Vec<ParentRef>>()
+    };
 }
 
 /// One route object in the common shape; None for objects that are not routes.
@@ -57,35 +77,35 @@ pub(crate) fn view(o: &Object) -> Option<RouteView> {
         Object::HTTPRoute(r) => (
             Kind::HTTPRoute,
             &r.metadata,
-            parent_refs(r.spec.parent_refs.as_ref()),
+            typed_parent_refs!(r.spec.parent_refs),
             r.spec.hostnames.clone().unwrap_or_default(),
             RouteRules::Http(json_rules(r.spec.rules.as_deref().unwrap_or_default())),
         ),
         Object::GRPCRoute(r) => (
             Kind::GRPCRoute,
             &r.metadata,
-            parent_refs(r.spec.parent_refs.as_ref()),
+            typed_parent_refs!(r.spec.parent_refs),
             r.spec.hostnames.clone().unwrap_or_default(),
             RouteRules::Grpc(json_rules(r.spec.rules.as_deref().unwrap_or_default())),
         ),
         Object::TLSRoute(r) => (
             Kind::TLSRoute,
             &r.metadata,
-            parent_refs(r.spec.parent_refs.as_ref()),
+            typed_parent_refs!(r.spec.parent_refs),
             r.spec.hostnames.clone(),
             RouteRules::L4(l4_refs(&r.spec.rules)),
         ),
         Object::TCPRoute(r) => (
             Kind::TCPRoute,
             &r.metadata,
-            parent_refs(r.spec.parent_refs.as_ref()),
+            typed_parent_refs!(r.spec.parent_refs),
             Vec::new(),
             RouteRules::L4(l4_refs(&r.spec.rules)),
         ),
         Object::UDPRoute(r) => (
             Kind::UDPRoute,
             &r.metadata,
-            parent_refs(r.spec.parent_refs.as_ref()),
+            typed_parent_refs!(r.spec.parent_refs),
             Vec::new(),
             RouteRules::L4(l4_refs(&r.spec.rules)),
         ),
@@ -474,7 +494,7 @@ fn filter(
         }
         "RequestMirror" => {
             let v = &f["requestMirror"];
-            let br: BackendRef = serde_json::from_value(v["backendRef"].clone()).ok()?;
+            let br = BackendRef::deserialize(&v["backendRef"]).ok()?;
             let percent = if let Some(p) = v["percent"].as_f64() {
                 p
             } else if let Some(n) = v["fraction"]["numerator"].as_f64() {
@@ -548,8 +568,8 @@ pub(crate) fn first_ref_problem(objects: &Objects, r: &RouteView) -> Option<RefP
         RouteRules::L4(refs) => refs.clone(),
         RouteRules::Http(rules) | RouteRules::Grpc(rules) => rules
             .iter()
-            .flat_map(|rule| rule["backendRefs"].as_array().cloned().unwrap_or_default())
-            .filter_map(|b| serde_json::from_value(b).ok())
+            .flat_map(|rule| rule["backendRefs"].as_array().into_iter().flatten())
+            .filter_map(|b| BackendRef::deserialize(b).ok())
             .collect(),
     };
     let extension = match &r.rules {
@@ -569,7 +589,7 @@ pub(crate) fn first_ref_problem(objects: &Objects, r: &RouteView) -> Option<RefP
             .map(extension_ref_problem),
     };
     refs.iter()
-        .find_map(|br| resolve_backend(objects, r.kind.as_str(), &r.namespace, br).err())
+        .find_map(|br| backend_problem(objects, r.kind.as_str(), &r.namespace, br))
         .or(extension)
 }
 
@@ -605,7 +625,7 @@ pub(crate) fn http_rules(
             .into_iter()
             .flatten()
             .filter_map(|b| {
-                let br: BackendRef = serde_json::from_value(b.clone()).ok()?;
+                let br = BackendRef::deserialize(b).ok()?;
                 let raw: Vec<&Value> = b["filters"].as_array().into_iter().flatten().collect();
                 let own: Vec<Filter> = raw
                     .iter()
@@ -661,12 +681,14 @@ pub(crate) fn http_rules(
             .map(Vec::as_slice)
             .filter(|m| !m.is_empty())
             .unwrap_or(&default_match);
+        let route = format!("{} {}", r.kind.as_str(), r.id());
+        let route_name = r.id();
         for (mi, m) in matches.iter().enumerate() {
             let Ok((matcher, path_kind, path_len)) = matcher(m, grpc) else {
                 continue;
             };
             out.push(HttpRule {
-                route: format!("{} {}", r.kind.as_str(), r.id()),
+                route: route.clone(),
                 rule: ri,
                 order: OrderKey {
                     path_kind,
@@ -675,7 +697,7 @@ pub(crate) fn http_rules(
                     headers: matcher.headers.len(),
                     query: matcher.query.len(),
                     created: r.created.clone(),
-                    route_name: r.id(),
+                    route_name: route_name.clone(),
                     position: (ri, mi),
                 },
                 matcher,
