@@ -478,9 +478,13 @@ fn peer_state(socket: &TcpStream) -> PeerState {
             return PeerState::Reset;
         }
     }
+    // A reset leaves its error on the socket (checked above); TCP_CLOSE without one is an orderly
+    // end: a socket that reaches TIME_WAIT, or whose last ACK came, reports TCP_CLOSE.
     match tcp_info(socket).map(|i| i.tcpi_state) {
-        None | Some(TCP_CLOSE) => PeerState::Reset,
-        Some(TCP_CLOSE_WAIT | TCP_LAST_ACK | TCP_CLOSING | TCP_TIME_WAIT) => PeerState::Finished,
+        None => PeerState::Reset,
+        Some(TCP_CLOSE | TCP_CLOSE_WAIT | TCP_LAST_ACK | TCP_CLOSING | TCP_TIME_WAIT) => {
+            PeerState::Finished
+        }
         Some(_) => PeerState::Open,
     }
 }
