@@ -86,9 +86,8 @@ pub struct RunArgs {
     /// Closed TCP flows (RST, or FIN both ways) leave the connection table after this.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub tcp_closed_timeout: std::time::Duration,
-    /// TLS passthrough relay: in the kernel with a sockhash splice (default; a client that sends
-    /// early data behind its ClientHello is relayed in userspace), or always by copying in
-    /// userspace. Falls back to userspace, with a warning, when the splice cannot be loaded.
+    /// TLS passthrough relay: in the kernel with a sockhash splice (default; the ClientHello and
+    /// any early data behind it are moved by the kernel too), or always by copying in userspace. Falls back to userspace, with a warning, when the splice cannot be loaded.
     #[arg(long, value_enum, default_value = "sockmap")]
     pub passthrough_splice: SpliceMode,
     /// On exit, leave the kernel programs attached and the maps pinned for the next agent (which

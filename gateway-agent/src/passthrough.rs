@@ -5,11 +5,10 @@
 //! a client that stalls: the connection is closed.
 //!
 //! Two relay modes: `sockmap` (default) puts both sockets into the kernel's `SPLICE_SOCKS`
-//! sockhash, where an SK_SKB verdict program moves every byte after the ClientHello from one to
-//! the other without it reaching userspace; `userspace` (also the fallback when the splice cannot
-//! be loaded) copies with `copy_bidirectional`. A client that sends bytes right behind its
-//! ClientHello, before the server has answered (TLS 1.3 early data), is relayed in userspace:
-//! splicing it could let the kernel move those bytes ahead of the replayed hello.
+//! sockhash, where an SK_SKB verdict program moves every byte, the peeked ClientHello and any
+//! early data behind it included, from one to the other without it reaching userspace;
+//! `userspace` (also the fallback when the splice cannot be loaded) copies with
+//! `copy_bidirectional`.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -351,13 +350,15 @@ fn unread_bytes(socket: &TcpStream) -> usize {
     if rc == 0 { n.max(0) as usize } else { 0 }
 }
 
-/// The in-kernel relay. The ClientHello is read here, both sockets go into `SPLICE_SOCKS`, and
-/// only then is the hello written to the backend: its answer, and every later byte either way,
-/// is moved by the kernel. A TLS client sends nothing more until the server has answered, so
-/// nothing is left behind in userspace; a client that already sent more (early data) is relayed
-/// in userspace instead, so its bytes cannot overtake the hello. This task only watches for EOF
-/// on each side, passes it on as a half-close, and takes the pair out of the maps when both are
-/// done. Returns the bytes it relayed in userspace (the spliced ones are counted by the kernel).
+/// The in-kernel relay. The agent never reads the client: the ClientHello it peeked, and any
+/// bytes already behind it (TLS 1.3 early data), are still in the client's receive queue when
+/// both sockets go into `SPLICE_SOCKS`. The verdict program only sees bytes as they arrive, so
+/// the queue is then handed to it by raising SO_RCVLOWAT's data-ready check
+/// ([`hand_queue_to_verdict`]): the hello, early data and every later byte reach the backend
+/// in order, moved by the kernel. This task only watches each side's TCP state, passes a FIN on
+/// as a half-close, and takes the pair out of the maps when both are done. Returns the bytes it
+/// relayed in userspace (0 unless the kernel would not take the queue; the spliced bytes are
+/// counted by the kernel).
 async fn relay_spliced(
     splicer: &Splicer,
     mut client: TcpStream,
@@ -366,32 +367,21 @@ async fn relay_spliced(
     s: &Steered,
     route: u32,
 ) -> u64 {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let _ = client.set_nodelay(true);
-    let mut hello = vec![0u8; s.hello_len];
-    if client.read_exact(&mut hello).await.is_err() {
-        return 0;
-    }
-    let early = unread_bytes(&client);
-    if early > 0 {
-        tracing::debug!(%peer, sni = %s.sni, early, "early data behind the ClientHello; relaying in userspace");
-        if upstream.write_all(&hello).await.is_err() {
-            return 0;
-        }
-        return hello.len() as u64 + relay(client, upstream, peer, s).await;
-    }
     let guard = match splicer.splice(&client, &upstream, route) {
         Ok(g) => g,
         Err(e) => {
             tracing::warn!(%peer, error = %format!("{e:#}"), "splice failed; relaying in userspace");
-            if upstream.write_all(&hello).await.is_err() {
-                return 0;
-            }
-            return hello.len() as u64 + relay(client, upstream, peer, s).await;
+            return relay(client, upstream, peer, s).await;
         }
     };
-    if upstream.write_all(&hello).await.is_err() {
-        return 0;
+    if !hand_queue_to_verdict(&client, s.hello_len) {
+        // The kernel left the queued hello alone (a kernel whose SO_RCVLOWAT does not recheck
+        // readiness). Nothing has been moved yet, so the pair leaves the maps and the bytes,
+        // still queued, are copied in userspace.
+        tracing::warn!(%peer, sni = %s.sni, "kernel did not take the queued ClientHello; relaying in userspace");
+        drop(guard);
+        return relay(client, upstream, peer, s).await;
     }
     // From here on userspace never reads either socket: a read could take bytes the verdict
     // program has not redirected yet and reorder the stream. It only watches each side's TCP
@@ -413,11 +403,11 @@ async fn relay_spliced(
         }
         if !client_done && c == PeerState::Finished {
             // Towards the backend: the hello (written here) and what the kernel moved.
-            half_close(&guard, 0, &mut upstream, hello.len() as u64).await;
+            half_close(&guard, 0, &mut upstream).await;
             client_done = true;
         }
         if !upstream_done && u == PeerState::Finished {
-            half_close(&guard, 1, &mut client, 0).await;
+            half_close(&guard, 1, &mut client).await;
             upstream_done = true;
         }
         if client_done && upstream_done {
@@ -432,7 +422,29 @@ async fn relay_spliced(
     }
     drop(guard);
     tracing::debug!(%peer, backend = %s.backend, sni = %s.sni, "spliced passthrough connection closed");
-    hello.len() as u64
+    0
+}
+
+/// Makes the verdict program take what already waits in a freshly spliced socket's receive
+/// queue. Setting SO_RCVLOWAT runs TCP's data-ready check (`tcp_set_rcvlowat` calls
+/// `tcp_data_ready`), which with the socket in a sockmap is the psock's reader: it runs the
+/// verdict over every queued skb, in order, under the socket lock, so bytes arriving meanwhile
+/// queue behind them. Returns false if at least `queued` bytes are still unread afterwards,
+/// i.e. this kernel did not hand them over.
+fn hand_queue_to_verdict(socket: &TcpStream, queued: usize) -> bool {
+    use std::os::fd::AsRawFd as _;
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt reads one int from the pointer.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            (&raw const one).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    rc == 0 && unread_bytes(socket) < queued
 }
 
 /// What a spliced socket's peer has done, from the socket's TCP state.
@@ -497,20 +509,14 @@ fn bytes_written(socket: &TcpStream) -> Option<u64> {
 }
 
 /// Passes a FIN from socket `from` (0: client, 1: upstream) on to `to` once `to` has taken every
-/// byte the kernel redirected towards it plus the `own` bytes the agent wrote into it itself:
-/// redirected bytes wait in the kernel's psock queue for a moment, and a shutdown before they
+/// byte the kernel redirected towards it: redirected bytes wait in the kernel's psock queue for a moment, and a shutdown before they
 /// are written would lose them. Gives up waiting after a few seconds (a peer that stopped
 /// reading), and shuts down anyway.
-async fn half_close(
-    guard: &crate::dataplane::Spliced<'_>,
-    from: usize,
-    to: &mut TcpStream,
-    own: u64,
-) {
+async fn half_close(guard: &crate::dataplane::Spliced<'_>, from: usize, to: &mut TcpStream) {
     use tokio::io::AsyncWriteExt as _;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let owed = guard.redirected().map(|r| r[from] + own);
+        let owed = guard.redirected().map(|r| r[from]);
         match (owed, bytes_written(to)) {
             (Ok(owed), Some(written)) if written >= owed => break,
             (Err(_), _) | (_, None) => break,
