@@ -324,21 +324,7 @@ async fn relay(
 /// Makes closing `socket` send a RST instead of a FIN (SO_LINGER with a zero timeout), so a
 /// reset on one side of a relayed connection reaches the other side as a reset.
 fn reset_on_close(socket: &TcpStream) {
-    use std::os::fd::AsRawFd as _;
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: setsockopt reads one `linger` from the pointer.
-    unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&raw const linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
+    let _ = socket2::SockRef::from(socket).set_linger(Some(Duration::ZERO));
 }
 
 /// Bytes waiting unread in a socket's receive queue (SIOCINQ).

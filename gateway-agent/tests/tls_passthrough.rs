@@ -331,6 +331,40 @@ spec:
     )
 }
 
+/// An agent serving [`passthrough_config`] towards `backend_port` on a fresh listener port,
+/// relaying in `mode`. Fields drop in order: the agent stops before its bpffs and config go.
+struct PassthroughAgent {
+    agent: Agent,
+    _bpffs: TempBpffs,
+    config: ConfigDir,
+    /// The TLS passthrough listener's port on 127.0.0.1.
+    port: u16,
+}
+
+fn passthrough_agent(tag: &str, mode: &str, backend_port: u16) -> PassthroughAgent {
+    let port = free_port();
+    let config = ConfigDir::new(
+        &format!("{tag}-{mode}"),
+        &[("all.yaml", &passthrough_config(port, backend_port))],
+    )
+    .unwrap();
+    let bpffs = TempBpffs::mount(tag).unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let agent = Agent::start_local_with(
+        &bpffs,
+        config.path(),
+        admin,
+        &["--passthrough-splice", mode],
+    )
+    .expect("agent");
+    PassthroughAgent {
+        agent,
+        _bpffs: bpffs,
+        config,
+        port,
+    }
+}
+
 /// How the bulk client talks.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Client {
@@ -347,23 +381,9 @@ fn bulk_and_churn(mode: &str, talk: Client, blocks: u64) {
     let hello = testbed::tls_client_hello("bulk.example.com");
     let (tx, rx) = std::sync::mpsc::channel();
     let backend_port = bulk_backend(hello.len(), blocks, tx);
-    let gw_port = free_port();
-    let config = ConfigDir::new(
-        &format!("bulk-{mode}"),
-        &[("all.yaml", &passthrough_config(gw_port, backend_port))],
-    )
-    .unwrap();
-    let bpffs = TempBpffs::mount("bulk").unwrap();
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let agent = Agent::start_local_with(
-        &bpffs,
-        config.path(),
-        admin,
-        &["--passthrough-splice", mode],
-    )
-    .expect("agent");
+    let gw = passthrough_agent("bulk", mode, backend_port);
 
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", gw_port)).unwrap();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
     s.write_all(&hello).unwrap();
     let first = if talk == Client::TakesTurns {
         assert!(
@@ -395,19 +415,19 @@ fn bulk_and_churn(mode: &str, talk: Client, blocks: u64) {
         Duration::from_secs(10),
         "the connection's bytes counted",
         || {
-            let m = agent.metrics().ok()?;
+            let m = gw.agent.metrics().ok()?;
             let user = counted(&m, "nodegate_passthrough_bytes_total");
             let spliced = counted(&m, "nodegate_passthrough_spliced_bytes_total");
             (user + spliced >= total).then_some((m, user, spliced))
         },
     )
-    .unwrap_or_else(|e| panic!("{e}:\n{}", agent.metrics().unwrap_or_default()));
+    .unwrap_or_else(|e| panic!("{e}:\n{}", gw.agent.metrics().unwrap_or_default()));
     match (mode, talk) {
         // The hello, early data and every later byte move in the kernel, whether the client
         // waited for the server or streamed right behind its hello.
         ("sockmap", _) => {
             assert!(
-                splice_bytes(&agent) >= total,
+                splice_bytes(&gw.agent) >= total,
                 "both directions were spliced in the kernel ({talk:?})"
             );
             assert!(
@@ -431,8 +451,8 @@ fn bulk_and_churn(mode: &str, talk: Client, blocks: u64) {
         }
     });
     std::fs::write(
-        config.path().join("all.yaml"),
-        passthrough_config(gw_port, churn_port),
+        gw.config.path().join("all.yaml"),
+        passthrough_config(gw.port, churn_port),
     )
     .unwrap();
     let fds = |pid: u32| {
@@ -440,12 +460,12 @@ fn bulk_and_churn(mode: &str, talk: Client, blocks: u64) {
             .map(|d| d.count())
             .unwrap_or(0)
     };
-    let pid = agent.pid().unwrap();
+    let pid = gw.agent.pid().unwrap();
     std::thread::sleep(Duration::from_secs(1));
     let baseline = fds(pid);
     let conns: Vec<_> = (0..1000)
         .map(|_| {
-            let mut c = std::net::TcpStream::connect(("127.0.0.1", gw_port)).unwrap();
+            let mut c = std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
             c.write_all(&hello).unwrap();
             c
         })
@@ -468,7 +488,7 @@ fn bulk_and_churn(mode: &str, talk: Client, blocks: u64) {
                     "map",
                     "dump",
                     "pinned",
-                    &agent.bpffs.join("SPLICE_PEERS").to_string_lossy(),
+                    &gw.agent.bpffs.join("SPLICE_PEERS").to_string_lossy(),
                 ],
             )
             .ok()?;
@@ -528,22 +548,8 @@ fn half_close_is_passed_on(mode: &str) {
     testbed::require_root("the TLS passthrough end-to-end test").unwrap();
     let hello = testbed::tls_client_hello("bulk.example.com");
     let backend_port = half_close_backend(hello.len());
-    let gw_port = free_port();
-    let config = ConfigDir::new(
-        &format!("halfclose-{mode}"),
-        &[("all.yaml", &passthrough_config(gw_port, backend_port))],
-    )
-    .unwrap();
-    let bpffs = TempBpffs::mount("halfclose").unwrap();
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let _agent = Agent::start_local_with(
-        &bpffs,
-        config.path(),
-        admin,
-        &["--passthrough-splice", mode],
-    )
-    .expect("agent");
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", gw_port)).unwrap();
+    let gw = passthrough_agent("halfclose", mode, backend_port);
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     s.write_all(&hello).unwrap();
     let mut hi = [0u8; 2];
@@ -582,21 +588,9 @@ fn resetting_backend(hello_len: usize) -> u16 {
         s.read_exact(&mut hello).unwrap();
         s.write_all(b"hi").unwrap();
         std::thread::sleep(Duration::from_millis(200));
-        // SAFETY: setsockopt reads one `linger`.
-        unsafe {
-            use std::os::fd::AsRawFd as _;
-            let linger = libc::linger {
-                l_onoff: 1,
-                l_linger: 0,
-            };
-            libc::setsockopt(
-                s.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_LINGER,
-                (&raw const linger).cast(),
-                std::mem::size_of::<libc::linger>() as libc::socklen_t,
-            );
-        }
+        socket2::SockRef::from(&s)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
         drop(s);
     });
     port
@@ -607,22 +601,8 @@ fn reset_is_passed_on(mode: &str) {
     testbed::require_root("the TLS passthrough end-to-end test").unwrap();
     let hello = testbed::tls_client_hello("bulk.example.com");
     let backend_port = resetting_backend(hello.len());
-    let gw_port = free_port();
-    let config = ConfigDir::new(
-        &format!("reset-{mode}"),
-        &[("all.yaml", &passthrough_config(gw_port, backend_port))],
-    )
-    .unwrap();
-    let bpffs = TempBpffs::mount("reset").unwrap();
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let _agent = Agent::start_local_with(
-        &bpffs,
-        config.path(),
-        admin,
-        &["--passthrough-splice", mode],
-    )
-    .expect("agent");
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", gw_port)).unwrap();
+    let gw = passthrough_agent("reset", mode, backend_port);
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     s.write_all(&hello).unwrap();
     let mut hi = [0u8; 2];
