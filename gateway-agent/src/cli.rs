@@ -87,9 +87,17 @@ pub struct RunArgs {
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub tcp_closed_timeout: std::time::Duration,
     /// TLS passthrough relay: in the kernel with a sockhash splice (default; the ClientHello and
-    /// any early data behind it are moved by the kernel too), or always by copying in userspace. Falls back to userspace, with a warning, when the splice cannot be loaded.
+    /// any early data behind it are moved by the kernel too), or always by copying in
+    /// userspace. Falls back to userspace, with a warning, when the splice cannot be loaded.
     #[arg(long, value_enum, default_value = "sockmap")]
     pub passthrough_splice: SpliceMode,
+    /// Send buffer of each spliced socket, in bytes as SO_SNDBUF takes them (the kernel doubles
+    /// it for its bookkeeping), set with SO_SNDBUFFORCE; 0 leaves TCP's autotuning. The kernel's
+    /// psock backlog, which writes the redirected bytes, backs off each time a send buffer is
+    /// full, so the autotuned size, which starts at 16 KiB, starves it: on loopback the default
+    /// moves about 1.5x the bytes per CPU-second of autotuning (bench/README.md).
+    #[arg(long, default_value_t = 4 << 20)]
+    pub passthrough_splice_sndbuf: u32,
     /// On exit, leave the kernel programs attached and the maps pinned for the next agent (which
     /// adopts them), so a restart or upgrade does not reset established L4 connections. Without
     /// it the agent detaches everything and removes its pins.

@@ -124,7 +124,7 @@ async fn run(args: cli::RunArgs) -> anyhow::Result<()> {
     }
     let splicer = match args.passthrough_splice {
         cli::SpliceMode::Sockmap => match dataplane.lock().await.splicer() {
-            Ok(s) => Some(s),
+            Ok(s) => Some(s.with_send_buffer(args.passthrough_splice_sndbuf)),
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "sockmap splice unavailable; TLS passthrough relays in userspace");
                 None

@@ -25,6 +25,8 @@ pub struct Splicer {
     inner: Mutex<Inner>,
     /// `SPLICE_STATS`: per-CPU bytes the verdict program moved, per route counter index.
     stats: PerCpuArray<MapData, TrafficCounters>,
+    /// SO_SNDBUF given to each spliced socket (0: TCP's autotuning).
+    send_buffer: u32,
 }
 
 struct Inner {
@@ -60,6 +62,32 @@ fn socket_cookie(fd: RawFd) -> std::io::Result<u64> {
     Ok(cookie)
 }
 
+/// Sets a socket's send buffer with SO_SNDBUFFORCE (the agent has CAP_NET_ADMIN; the plain
+/// SO_SNDBUF is capped by `net.core.wmem_max`), falling back to SO_SNDBUF. Best effort: a
+/// socket that keeps its autotuned buffer still relays, only slower.
+fn set_send_buffer(fd: RawFd, bytes: u32) {
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    for option in [libc::SO_SNDBUFFORCE, libc::SO_SNDBUF] {
+        // SAFETY: setsockopt reads one int from the pointer.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                option,
+                (&raw const value).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            return;
+        }
+    }
+    tracing::debug!(
+        error = %std::io::Error::last_os_error(),
+        "could not set a spliced socket's send buffer; keeping TCP's autotuning"
+    );
+}
+
 impl Splicer {
     /// Loads the verdict program, attaches it to `SPLICE_SOCKS` and takes the maps.
     pub fn new(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
@@ -90,7 +118,16 @@ impl Splicer {
                 used: BTreeSet::new(),
             }),
             stats,
+            send_buffer: 0,
         })
+    }
+
+    /// Gives every spliced socket a send buffer of `bytes` (as SO_SNDBUF takes them; 0 keeps
+    /// TCP's autotuning). The psock backlog that writes redirected bytes backs off whenever the
+    /// send buffer is full, so a small autotuned buffer throttles the splice.
+    pub fn with_send_buffer(mut self, bytes: u32) -> Self {
+        self.send_buffer = bytes;
+        self
     }
 
     /// Bytes (and skbs) the kernel moved for the route counter index `route`, summed over CPUs.
@@ -107,6 +144,11 @@ impl Splicer {
         route: u32,
     ) -> anyhow::Result<Spliced<'_>> {
         let cookies = [socket_cookie(a.as_raw_fd())?, socket_cookie(b.as_raw_fd())?];
+        if self.send_buffer > 0 {
+            for fd in [a.as_raw_fd(), b.as_raw_fd()] {
+                set_send_buffer(fd, self.send_buffer);
+            }
+        }
         let mut inner = self
             .inner
             .lock()
@@ -181,5 +223,44 @@ impl Drop for Spliced<'_> {
         if let Ok(mut inner) = self.splicer.inner.lock() {
             inner.forget(self.keys, self.cookies);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::{AsRawFd as _, RawFd};
+
+    fn send_buffer(fd: RawFd) -> libc::c_int {
+        let mut value: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `value`.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUF,
+                (&raw mut value).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0, "getsockopt(SO_SNDBUF)");
+        value
+    }
+
+    /// The splice's send buffer goes past `net.core.wmem_max` (SO_SNDBUFFORCE, as root).
+    #[test]
+    fn send_buffer_is_forced_past_wmem_max() {
+        testbed::require_root("SO_SNDBUFFORCE needs CAP_NET_ADMIN").unwrap();
+        let wmem_max: libc::c_int = std::fs::read_to_string("/proc/sys/net/core/wmem_max")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let socket = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let wanted = wmem_max.saturating_mul(2).min(64 << 20);
+        super::set_send_buffer(socket.as_raw_fd(), wanted as u32);
+        // The kernel doubles what it is given, for its bookkeeping.
+        assert_eq!(send_buffer(socket.as_raw_fd()), 2 * wanted);
     }
 }

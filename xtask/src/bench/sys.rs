@@ -96,19 +96,23 @@ pub fn machine_busy_seconds() -> f64 {
     total.saturating_sub(idle) as f64 / clock_ticks()
 }
 
-/// Whole-machine irq + softirq CPU seconds so far (/proc/stat fields 6 and 7).
-pub fn machine_softirq_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let fields: Vec<u64> = stat
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    (fields.get(5).copied().unwrap_or(0) + fields.get(6).copied().unwrap_or(0)) as f64
-        / clock_ticks()
+/// utime + stime of the kernel's worker threads (`kworker/*`, which run sockmap's
+/// `sk_psock_backlog`) and softirq threads (`ksoftirqd/*`), seconds. With tick-based CPU
+/// accounting (no IRQ_TIME_ACCOUNTING) softirq work is charged to whichever task it interrupted,
+/// so a path's loopback softirqs are already in its own processes' times and these threads hold
+/// the rest; other tenants' softirqs stay out, which /proc/stat's softirq field cannot do.
+pub fn kernel_thread_seconds() -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.starts_with("kworker/") || c.starts_with("ksoftirqd/"))
+        })
+        .map(process_cpu_seconds)
+        .sum()
 }
 
 /// CPU time over a window: of some processes, and of the whole machine.

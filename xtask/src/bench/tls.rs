@@ -1,14 +1,17 @@
 //! `bench tls`: TLS passthrough relay throughput, side by side, in a loopback-only namespace:
-//! nodegate `--passthrough-splice sockmap` (sockhash + SK_SKB verdict: the bytes never reach the
-//! agent), nodegate `--passthrough-splice userspace` (a copy loop in the agent) and haproxy in TCP
-//! mode routing on `req.ssl_sni` (`tcp-request inspect-delay` + `content accept if
-//! { req.ssl_hello_type 1 }`).
+//! the client straight to the backend (the floor: what the load itself costs), nodegate
+//! `--passthrough-splice sockmap` (sockhash + SK_SKB verdict: the bytes never reach the agent),
+//! the same with `--passthrough-splice-sndbuf 0` (TCP's send-buffer autotuning), nodegate
+//! `--passthrough-splice userspace` (a copy loop in the agent) and haproxy in TCP mode routing on
+//! `req.ssl_sni` (`tcp-request inspect-delay` + `content accept if { req.ssl_hello_type 1 }`).
 //!
 //! Per run one connection: the client sends a ClientHello with SNI `bulk.example.com`, the
 //! backend reads it and answers first, then both sides stream 64 KiB writes at full speed.
 //! Figures over the window: MiB/s relayed (both directions summed), CPU seconds per GiB of the
-//! gateway process (utime+stime) and of the whole machine (/proc/stat busy time — sockmap's work
-//! happens in softirq, outside any process), and GiB per machine CPU second.
+//! gateway process (utime+stime), of the whole machine (/proc/stat busy time — sockmap's work
+//! happens in softirq and kworkers, outside the agent) and of the load, gateway and kernel
+//! threads only (other tenants left out), and that last figure over the floor's: what the
+//! gateway added per GiB.
 
 use std::{
     io::{Read as _, Write as _},
@@ -38,6 +41,11 @@ const SNI: &str = "bulk.example.com";
 const BLOCK: usize = 64 * 1024;
 const GREETING: &[u8] = b"HELLO";
 const GIB: f64 = (1u64 << 30) as f64;
+/// nodegate's splice with `--passthrough-splice-sndbuf 0`: the spliced sockets keep TCP's
+/// send-buffer autotuning, to show what the default buffer buys.
+const AUTOTUNED: &str = "nodegate sockmap, autotuned sndbuf";
+/// The row of the client talking to the backend directly: what the load itself costs.
+const FLOOR: &str = "direct, no gateway (floor)";
 
 const COLUMNS: &[Column] = &[
     Column {
@@ -57,13 +65,28 @@ const COLUMNS: &[Column] = &[
     },
     Column {
         key: "own_cpu_s_per_gib",
-        label: "load+gateway+softirq CPU-s/GiB",
+        label: "load+gateway+kernel threads CPU-s/GiB",
         digits: 3,
     },
     Column {
         key: "gib_per_machine_cpu_s",
         label: "GiB per machine CPU-s",
         digits: 3,
+    },
+    Column {
+        key: "gib_per_own_cpu_s",
+        label: "GiB per load+gateway+kernel-thread CPU-s",
+        digits: 3,
+    },
+    Column {
+        key: "gateway_added_cpu_s_per_gib",
+        label: "CPU-s/GiB over the floor",
+        digits: 3,
+    },
+    Column {
+        key: "gib_per_gateway_added_cpu_s",
+        label: "GiB per CPU-s over the floor",
+        digits: 2,
     },
     Column {
         key: "peak_rss_mib",
@@ -81,13 +104,22 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Section> {
     let hello = testbed::tls_client_hello(SNI);
     start_backend(ns, hello.len())?;
     let mut rows = Vec::new();
-    for peer in ["nodegate sockmap", "nodegate userspace", "haproxy"] {
+    eprintln!("bench tls: {FLOOR}");
+    let floor = measure(ctx, ns, FLOOR, None, &hello, None)?.into_row(FLOOR);
+    let floor_own = floor.metrics.get("own_cpu_s_per_gib").map(|s| s.median);
+    rows.push(floor);
+    for peer in [
+        "nodegate sockmap",
+        AUTOTUNED,
+        "nodegate userspace",
+        "haproxy",
+    ] {
         eprintln!("bench tls: {peer}");
         let bpffs = TempBpffs::mount("bench-tls")?;
         let config = peers::scratch("tls-config")?;
         let mut gw = start_gateway(ctx, ns, peer, &bpffs, &config)?;
         peers::wait_listening(&mut gw, ns, local(GATEWAY_PORT))?;
-        let s = measure(ctx, ns, peer, &gw, &hello);
+        let s = measure(ctx, ns, peer, Some(&gw), &hello, floor_own);
         drop(gw);
         let _ = std::fs::remove_dir_all(&config);
         rows.push(s?.into_row(peer));
@@ -102,9 +134,13 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Section> {
              loopback the sockmap redirect runs in the sender's softirq, i.e. on CPU \
              {LOAD_CPU}: its throughput shares that core with the load, so the per-CPU-second \
              figure is the fair comparison. Machine CPU is /proc/stat busy time of the whole machine \
-             (it includes anything else running, e.g. other builds); `load+gateway+softirq` is \
-             the utime+stime of the load generator and the gateway plus irq+softirq time, which \
-             leaves out kworkers (sockmap's `sk_psock_backlog`). {} runs of {} s{}.",
+             (it includes anything else running, e.g. other builds); `load+gateway+kernel \
+             threads` is the utime+stime of the load generator, the gateway and every \
+             `kworker`/`ksoftirqd` thread (sockmap's `sk_psock_backlog` runs in kworkers; with \
+             tick-based accounting the loopback softirqs are charged to the task they \
+             interrupted), which leaves other tenants out. The floor row connects the client straight \
+             to the backend; `over the floor` subtracts its load+kernel-thread CPU-s/GiB from \
+             a path's: the CPU the gateway added per GiB. {} runs of {} s{}.",
             ctx.runs(),
             ctx.window().as_secs(),
             if ctx.warmup().is_zero() {
@@ -148,7 +184,13 @@ fn start_gateway(
             ),
         );
     }
-    let mode = peer.strip_prefix("nodegate ").context("peer name")?;
+    let (mode, sndbuf) = match peer {
+        AUTOTUNED => ("sockmap", "0"),
+        _ => (
+            peer.strip_prefix("nodegate ").context("peer name")?,
+            "4194304",
+        ),
+    };
     std::fs::write(config.join("tls.yaml"), nodegate_config())?;
     peers::agent(
         ns,
@@ -161,6 +203,8 @@ fn start_gateway(
             "127.0.0.1",
             "--passthrough-splice",
             mode,
+            "--passthrough-splice-sndbuf",
+            sndbuf,
             "--bpffs",
             &bpffs.path().display().to_string(),
         ],
@@ -265,16 +309,35 @@ fn stream_both_ways(s: TcpStream, rx: &'static AtomicU64) {
     let _ = r.shutdown(Shutdown::Both);
 }
 
-/// One connection per run: hello, greeting, warm-up, then the measured window.
-fn measure(ctx: &Ctx, ns: &Netns, peer: &str, gw: &Peer, hello: &[u8]) -> anyhow::Result<Samples> {
+/// Whether run 1 of `peer` is recorded for flame graphs (nodegate's two relay modes).
+fn flamed(peer: &str) -> bool {
+    peer.starts_with("nodegate") && peer != AUTOTUNED
+}
+
+/// One connection per run: hello, greeting, warm-up, then the measured window. Through `gw`, or
+/// straight to the backend without one (the floor). `floor_own` (the floor's
+/// load+kernel-thread CPU-s/GiB) turns this path's figure into what the gateway added.
+fn measure(
+    ctx: &Ctx,
+    ns: &Netns,
+    peer: &str,
+    gw: Option<&Peer>,
+    hello: &[u8],
+    floor_own: Option<f64>,
+) -> anyhow::Result<Samples> {
     let mut s = Samples::default();
-    let pids = gw.pids();
+    let pids = gw.map(Peer::pids).unwrap_or_default();
+    let port = if gw.is_some() {
+        GATEWAY_PORT
+    } else {
+        BACKEND_PORT
+    };
     let window = ctx.window();
     for run in 0..ctx.runs() {
         let hello = hello.to_vec();
         let client = ns.run(move || -> anyhow::Result<TcpStream> {
             sys::pin_current_thread(LOAD_CPU);
-            let mut c = TcpStream::connect_timeout(&local(GATEWAY_PORT), Duration::from_secs(5))?;
+            let mut c = TcpStream::connect_timeout(&local(port), Duration::from_secs(5))?;
             c.set_read_timeout(Some(Duration::from_secs(5)))?;
             c.write_all(&hello)?;
             let mut greeting = [0u8; GREETING.len()];
@@ -297,8 +360,8 @@ fn measure(ctx: &Ctx, ns: &Netns, peer: &str, gw: &Peer, hello: &[u8]) -> anyhow
             })
         };
         std::thread::sleep(ctx.warmup().max(Duration::from_millis(200)));
-        let session = match &ctx.flame {
-            Some(rec) if run == 0 && peer.starts_with("nodegate") => {
+        let session = match (&ctx.flame, gw) {
+            (Some(rec), Some(gw)) if run == 0 && flamed(peer) => {
                 Some(rec.start(&format!("tls-{}", peer.replace(' ', "-")), gw.pid())?)
             }
             _ => None,
@@ -306,11 +369,10 @@ fn measure(ctx: &Ctx, ns: &Netns, peer: &str, gw: &Peer, hello: &[u8]) -> anyhow
         let mut own_pids = pids.clone();
         own_pids.push(std::process::id());
         let (bytes0, cpu) = (total_bytes(), sys::CpuWindow::start(&pids));
-        let (own0, softirq0) = (sys::cpu_seconds(&own_pids), sys::machine_softirq_seconds());
+        let (own0, kernel0) = (sys::cpu_seconds(&own_pids), sys::kernel_thread_seconds());
         std::thread::sleep(window);
         let (gw_cpu, machine_cpu) = cpu.end(&pids);
-        let own_cpu =
-            sys::cpu_seconds(&own_pids) - own0 + sys::machine_softirq_seconds() - softirq0;
+        let own_cpu = sys::cpu_seconds(&own_pids) - own0 + sys::kernel_thread_seconds() - kernel0;
         let bytes = total_bytes() - bytes0;
         if let (Some(session), Some(rec)) = (session, &ctx.flame) {
             rec.finish(session)?;
@@ -339,9 +401,20 @@ fn measure(ctx: &Ctx, ns: &Netns, peer: &str, gw: &Peer, hello: &[u8]) -> anyhow
             "gib_per_machine_cpu_s",
             (machine_cpu > 0.0).then(|| gib / machine_cpu),
         );
+        s.push("gib_per_own_cpu_s", (own_cpu > 0.0).then(|| gib / own_cpu));
+        if let Some(floor) = floor_own.filter(|_| gib > 0.0) {
+            let added = own_cpu / gib - floor;
+            s.push("gateway_added_cpu_s_per_gib", Some(added));
+            s.push(
+                "gib_per_gateway_added_cpu_s",
+                (added > 0.0).then(|| 1.0 / added),
+            );
+        }
     }
-    s.push("peak_rss_mib", sys::memory_mib(&gw.pids(), "VmHWM"));
-    if ctx.flame.is_some() && peer.starts_with("nodegate") {
+    if gw.is_some() {
+        s.push("peak_rss_mib", sys::memory_mib(&pids, "VmHWM"));
+    }
+    if ctx.flame.is_some() && flamed(peer) {
         s.note("run 1 was recorded by perf (999 Hz, agent and system-wide)");
     }
     Ok(s)
