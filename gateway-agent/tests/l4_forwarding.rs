@@ -863,3 +863,67 @@ spec:
         "only ~1/4 of flows moved ({moved}/300)"
     );
 }
+
+/// With the SNAT port range exhausted for a backend, a new flow is dropped and counted under
+/// `no_snat_port` (not handed to the stack), while the flows holding the ports keep working.
+#[test]
+fn exhausted_snat_ports_drop_new_flows_counted() {
+    let topo = Topology::create("snat", 3).expect("topology");
+    start_backends(&topo);
+    let bpffs = TempBpffs::mount("snat").unwrap();
+    let dir = ConfigDir::new("snat", &[("all.yaml", &config(&[backend_v4(1)]))]).unwrap();
+    let agent = Agent::start_with(
+        &topo,
+        &bpffs,
+        dir.path(),
+        "xdp",
+        &["--snat-ports", "61000-61001"],
+    )
+    .expect("agent");
+    let vip_udp = SocketAddr::new(GATEWAY_V4.into(), 5353);
+    let answered: Vec<bool> = topo
+        .client
+        .run(move || {
+            // Three flows (three source ports) to one backend; two SNAT ports.
+            let socks: Vec<_> = (0..3)
+                .map(|_| {
+                    let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+                    s.set_read_timeout(Some(Duration::from_millis(500)))
+                        .unwrap();
+                    s.connect(vip_udp).unwrap();
+                    s
+                })
+                .collect();
+            let mut answered = Vec::new();
+            for (i, s) in socks.iter().enumerate() {
+                s.send(format!("f{i}").as_bytes()).unwrap();
+                let mut buf = [0u8; 64];
+                answered.push(s.recv(&mut buf).is_ok());
+            }
+            // The flows that got a port keep it.
+            for (i, s) in socks.iter().enumerate().filter(|(i, _)| answered[*i]) {
+                s.send(format!("again{i}").as_bytes()).unwrap();
+                let mut buf = [0u8; 64];
+                let n = s.recv(&mut buf).expect("a flow with a port keeps working");
+                assert_eq!(&buf[..n], format!("dns:again{i}").as_bytes());
+            }
+            answered
+        })
+        .unwrap();
+    assert_eq!(
+        answered,
+        [true, true, false],
+        "two flows got the two SNAT ports, the third none"
+    );
+    let drops = testbed::wait_for(Duration::from_secs(5), "the drop counted", || {
+        let m = agent.metrics().ok()?;
+        let n = testbed::metric_value(
+            &m,
+            "nodegate_dropped_packets_total",
+            &[("reason", "no_snat_port")],
+        )?;
+        (n >= 1.0).then_some(n)
+    })
+    .expect("no_snat_port counter");
+    assert_eq!(drops, 1.0, "one datagram found no port");
+}

@@ -21,14 +21,18 @@ pub enum DropReason {
     BadIpHeader = 1,
     /// A TCP header whose data offset is below 5 words.
     BadL4Header = 2,
+    /// A new flow found no free SNAT port: every port probed for it already carries a flow to
+    /// the same backend (the `--snat-ports` range is exhausted for it). The client retries.
+    NoSnatPort = 3,
 }
 
 impl DropReason {
     /// Every reason, in index order, with the label used in metrics.
-    pub const ALL: [(DropReason, &'static str); 3] = [
+    pub const ALL: [(DropReason, &'static str); 4] = [
         (DropReason::Truncated, "truncated"),
         (DropReason::BadIpHeader, "bad_ip_header"),
         (DropReason::BadL4Header, "bad_l4_header"),
+        (DropReason::NoSnatPort, "no_snat_port"),
     ];
 }
 

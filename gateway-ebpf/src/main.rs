@@ -108,6 +108,7 @@ fn on_packet<C: EbpfContext>(
     ) {
         nat::Forward::Redirect(to) => Verdict::Redirect(to),
         nat::Forward::Pass => Verdict::Pass,
+        nat::Forward::Drop => Verdict::Drop,
     }
 }
 

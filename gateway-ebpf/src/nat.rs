@@ -43,6 +43,8 @@ pub enum Forward {
     Redirect(u32),
     /// Not ours, or not forwardable here: let the stack have it.
     Pass,
+    /// Ours but not forwardable now (no free SNAT port): drop it, counted; the sender retries.
+    Drop,
 }
 
 const AF_INET: u8 = 2;
@@ -267,7 +269,10 @@ pub fn handle<C: EbpfContext>(
         }
     }
     if !found {
-        return Forward::Pass;
+        // Passing it would hand a packet addressed to a Gateway to the stack, which would
+        // refuse it (RST) or route it unNATed; as Cilium does, drop and count.
+        crate::maps::count_drop(gateway_common::counters::DropReason::NoSnatPort, len);
+        return Forward::Drop;
     }
     s.forward = FlowNat {
         new_src: s.reply_key.dst,
