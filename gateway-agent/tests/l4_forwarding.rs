@@ -927,3 +927,47 @@ fn exhausted_snat_ports_drop_new_flows_counted() {
     .expect("no_snat_port counter");
     assert_eq!(drops, 1.0, "one datagram found no port");
 }
+
+/// A closed TCP flow gives its SNAT port back once the backend has been quiet for a second, as
+/// conntrack's TIME_WAIT gives way to a new SYN: with two ports per backend, six short
+/// connections in a row all connect at once, long before `--tcp-closed-timeout` (10 s).
+#[test]
+fn closed_flows_give_their_snat_port_to_new_ones() {
+    let topo = Topology::create("reuse", 3).expect("topology");
+    start_backends(&topo);
+    let bpffs = TempBpffs::mount("reuse").unwrap();
+    let dir = ConfigDir::new("reuse", &[("all.yaml", &config(&[backend_v4(1)]))]).unwrap();
+    let agent = Agent::start_with(
+        &topo,
+        &bpffs,
+        dir.path(),
+        "xdp",
+        &["--snat-ports", "61000-61001"],
+    )
+    .expect("agent");
+    let vip_tcp = SocketAddr::new(GATEWAY_V4.into(), 9000);
+    for i in 0..6 {
+        let started = std::time::Instant::now();
+        let greeting = topo
+            .client
+            .run(move || testbed::tcp_hello(vip_tcp))
+            .unwrap()
+            .unwrap_or_else(|e| panic!("connection {i}: {e:#}"));
+        assert!(
+            started.elapsed() < Duration::from_millis(900),
+            "connection {i} ({greeting}) took {:?}: its SYN waited for a port",
+            started.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(1200));
+    }
+    let m = agent.metrics().unwrap();
+    assert_eq!(
+        testbed::metric_value(
+            &m,
+            "nodegate_dropped_packets_total",
+            &[("reason", "no_snat_port")]
+        ),
+        Some(0.0),
+        "no SYN found the ports taken\n{m}"
+    );
+}

@@ -12,7 +12,10 @@ use aya_ebpf::{
 };
 use gateway_common::{
     listener::{FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP},
-    nat::{FLOW_F_REPLY, FlowKey, FlowNat, MAGLEV_SIZE},
+    nat::{
+        FLOW_F_FIN, FLOW_F_REPLY, FLOW_F_RST, FlowKey, FlowNat, MAGLEV_SIZE,
+        SNAT_REUSE_AFTER_CLOSE_NS,
+    },
 };
 
 use aya_ebpf::{btf_maps::PerCpuArray, macros::btf_map};
@@ -28,6 +31,8 @@ use crate::{
 pub struct Scratch {
     key: FlowKey,
     reply_key: FlowKey,
+    /// The forward key of an old flow whose SNAT port is being probed.
+    old_key: FlowKey,
     forward: FlowNat,
     reply: FlowNat,
     fib: FibParams,
@@ -263,9 +268,18 @@ pub fn handle<C: EbpfContext>(
     let mut found = false;
     for attempt in 0..8u32 {
         s.reply_key.dport = port_min + ((base.wrapping_add(attempt)) % span) as u16;
-        if FLOWS.get_ptr(&s.reply_key).is_none() {
-            found = true;
-            break;
+        match FLOWS.get_ptr(&s.reply_key) {
+            None => {
+                found = true;
+                break;
+            }
+            // A closed TCP flow gives its port up (the insert below overwrites its reply
+            // entry; the agent ages the orphaned forward entry).
+            Some(e) if p.proto == PROTO_TCP && closed_and_quiet(s, e, now) => {
+                found = true;
+                break;
+            }
+            Some(_) => {}
         }
     }
     if !found {
@@ -304,6 +318,32 @@ pub fn handle<C: EbpfContext>(
         &s.forward,
         len,
     )
+}
+
+/// Whether the old TCP flow whose reply entry is `reply` (keyed `s.reply_key`) is over: a FIN or
+/// RST each way (or its forward entry gone), and nothing from the backend for
+/// [`SNAT_REUSE_AFTER_CLOSE_NS`] — conntrack's TIME_WAIT, which gives way to a new SYN.
+#[inline(always)]
+fn closed_and_quiet(s: &mut Scratch, reply: *const FlowNat, now: u64) -> bool {
+    const ENDED: u32 = FLOW_F_FIN | FLOW_F_RST;
+    let reply = unsafe { &*reply };
+    if reply.flags & ENDED == 0
+        || now.saturating_sub(reply.last_seen_ns) <= SNAT_REUSE_AFTER_CLOSE_NS
+    {
+        return false;
+    }
+    // The old flow's forward entry: the tuple its reply entry rewrites to, reversed.
+    s.old_key.src = reply.new_dst;
+    s.old_key.dst = reply.new_src;
+    s.old_key.sport = reply.new_dport;
+    s.old_key.dport = reply.new_sport;
+    s.old_key.proto = s.reply_key.proto;
+    s.old_key.family = s.reply_key.family;
+    s.old_key._pad = [0; 2];
+    match FLOWS.get_ptr(&s.old_key) {
+        None => true,
+        Some(f) => (unsafe { (*f).flags } & ENDED) != 0,
+    }
 }
 
 /// Counts a forwarded packet on its backend.

@@ -54,19 +54,38 @@ pub fn sweep(ebpf: &mut Ebpf, now_ns: u64, t: Timeouts) -> anyhow::Result<usize>
             .context("FLOWS map missing")?,
     )?;
     let entries: Vec<(FlowKey, FlowNat)> = flows.iter().filter_map(Result::ok).collect();
+    let doomed = expired(&entries, now_ns, t);
+    let mut removed = 0;
+    for key in doomed {
+        if flows.remove(&key).is_ok() {
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// The entries of `entries` whose flow has been idle past its timeout at `now_ns`. An entry's
+/// partner counts only if it points back: once the kernel has given a closed flow's SNAT port
+/// to a new flow, the old forward entry's partner key holds the new flow's reply entry, and the
+/// old entry is an orphan, aged on its own (closed if it saw a FIN or RST).
+fn expired(entries: &[(FlowKey, FlowNat)], now_ns: u64, t: Timeouts) -> Vec<FlowKey> {
     let lookup: std::collections::HashMap<[u8; 40], FlowNat> =
         entries.iter().map(|(k, v)| (key_bytes(k), *v)).collect();
     let mut doomed = Vec::new();
-    for (key, nat) in &entries {
+    for (key, nat) in entries {
         let other_key = partner(key, nat);
-        let other = lookup.get(&key_bytes(&other_key));
+        let other = lookup
+            .get(&key_bytes(&other_key))
+            .filter(|o| partner(&other_key, o) == *key);
         let last_seen = other.map_or(nat.last_seen_ns, |o| o.last_seen_ns.max(nat.last_seen_ns));
         let flags = nat.flags | other.map_or(0, |o| o.flags);
-        let both_fin =
-            nat.flags & FLOW_F_FIN != 0 && other.is_some_and(|o| o.flags & FLOW_F_FIN != 0);
+        let closed = match other {
+            Some(o) => flags & FLOW_F_RST != 0 || (nat.flags & o.flags & FLOW_F_FIN != 0),
+            None => nat.flags & (FLOW_F_RST | FLOW_F_FIN) != 0,
+        };
         let limit = if key.proto == PROTO_UDP {
             t.udp_idle
-        } else if flags & FLOW_F_RST != 0 || both_fin {
+        } else if closed {
             t.tcp_closed
         } else {
             t.tcp_idle
@@ -75,13 +94,7 @@ pub fn sweep(ebpf: &mut Ebpf, now_ns: u64, t: Timeouts) -> anyhow::Result<usize>
             doomed.push(*key);
         }
     }
-    let mut removed = 0;
-    for key in doomed {
-        if flows.remove(&key).is_ok() {
-            removed += 1;
-        }
-    }
-    Ok(removed)
+    doomed
 }
 
 fn key_bytes(k: &FlowKey) -> [u8; 40] {
@@ -135,5 +148,65 @@ mod tests {
             ..FlowNat::default()
         };
         assert_eq!(partner(&reply_key, &reply), client);
+    }
+
+    const SEC: u64 = 1_000_000_000;
+    const T: Timeouts = Timeouts {
+        udp_idle: Duration::from_secs(30),
+        tcp_idle: Duration::from_secs(3600),
+        tcp_closed: Duration::from_secs(10),
+    };
+
+    /// A TCP flow from client port `cport` through SNAT port `snat`: (forward, reply) entries.
+    fn tcp_flow(cport: u16, snat: u16, flags: [u32; 2], seen: u64) -> [(FlowKey, FlowNat); 2] {
+        let key = |src, dst, sport, dport| FlowKey {
+            src: [src; 16],
+            dst: [dst; 16],
+            sport,
+            dport,
+            proto: 6,
+            family: 4,
+            _pad: [0; 2],
+        };
+        let nat = |new_src, new_dst, new_sport, new_dport, flags| FlowNat {
+            new_src: [new_src; 16],
+            new_dst: [new_dst; 16],
+            new_sport,
+            new_dport,
+            last_seen_ns: seen,
+            flags,
+            ..FlowNat::default()
+        };
+        // client 1 → VIP 2:80, rewritten gateway 3:snat → backend 4:8080, and back.
+        [
+            (key(1, 2, cport, 80), nat(3, 4, snat, 8080, flags[0])),
+            (key(4, 3, 8080, snat), nat(2, 1, 80, cport, flags[1])),
+        ]
+    }
+
+    #[test]
+    fn flows_expire_by_state_and_orphans_age_alone() {
+        let now = 100 * SEC;
+        let fin = gateway_common::nat::FLOW_F_FIN;
+        let open = tcp_flow(1000, 61000, [0, 0], now - 20 * SEC);
+        let closed = tcp_flow(1001, 61001, [fin, fin], now - 20 * SEC);
+        let half = tcp_flow(1002, 61002, [fin, 0], now - 20 * SEC);
+        // Port 61003 was given to a new flow (client port 1004): the old forward entry
+        // (client port 1003, FIN) now points at the new flow's reply entry.
+        let [old_forward, _] = tcp_flow(1003, 61003, [fin, fin], now - 20 * SEC);
+        let reused = tcp_flow(1004, 61003, [0, 0], now - SEC);
+        let mut entries = Vec::new();
+        for pair in [open, closed, half, reused] {
+            entries.extend(pair);
+        }
+        entries.push(old_forward);
+        let mut doomed = expired(&entries, now, T);
+        doomed.sort_by_key(|k| (k.sport, k.dport));
+        let mut want = vec![closed[0].0, old_forward.0, closed[1].0];
+        want.sort_by_key(|k| (k.sport, k.dport));
+        assert_eq!(
+            doomed, want,
+            "the closed pair and the orphan go; open, half-closed and the new flow stay"
+        );
     }
 }
