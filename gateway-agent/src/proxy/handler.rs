@@ -130,23 +130,27 @@ pub async fn handle(
     };
     let grpc = grpc || rule.grpc;
     let mut picked = "none";
-    let work = serve_rule(
-        &shared,
-        peer,
-        req,
-        rule,
-        host,
-        &uri,
-        grpc,
-        https,
-        &mut picked,
-    );
+    // The future is moved whenever hyper stores it: the rare timeout arm is boxed so it does
+    // not make the common one bigger.
+    let work = || {
+        serve_rule(
+            &shared,
+            peer,
+            req,
+            rule,
+            host,
+            &uri,
+            grpc,
+            https,
+            &mut picked,
+        )
+    };
     let resp = match rule.timeouts.request {
-        Some(limit) => match tokio::time::timeout(limit, work).await {
+        Some(limit) => match tokio::time::timeout(limit, Box::pin(work())).await {
             Ok(resp) => resp,
             Err(_) => error(grpc, StatusCode::GATEWAY_TIMEOUT, "request timeout"),
         },
-        None => work.await,
+        None => work().await,
     };
     record(
         &shared,
@@ -322,7 +326,7 @@ async fn serve_rule<'r>(
     let mut buffered: Option<Bytes> = None;
     if replay && (bodyless || announced.is_some_and(|n| n <= MAX_REPLAY_BODY)) {
         match streaming.take().map(|b| b.collect()) {
-            Some(collect) => match collect.await {
+            Some(collect) => match Box::pin(collect).await {
                 Ok(collected) => buffered = Some(collected.to_bytes()),
                 Err(_) => return error(grpc, StatusCode::BAD_REQUEST, "request body aborted"),
             },
@@ -344,12 +348,13 @@ async fn serve_rule<'r>(
     }
 
     let attempts = rule.retry.as_ref().map_or(1, |r| 1 + r.attempts.max(1)) as usize;
-    let mut outcome = error(grpc, StatusCode::INTERNAL_SERVER_ERROR, "no usable backend");
+    // The error to answer with when every attempt failed (built only then).
+    let mut outcome = None;
     for attempt in 0..attempts {
         if attempt > 0
             && let Some(backoff) = rule.retry.as_ref().and_then(|r| r.backoff)
         {
-            tokio::time::sleep(backoff).await;
+            Box::pin(tokio::time::sleep(backoff)).await;
         }
         let body = match (&buffered, streaming.take()) {
             (Some(bytes), _) => full(bytes.clone()),
@@ -422,22 +427,25 @@ async fn serve_rule<'r>(
                 return resp.map(upstream::ResponseBody::boxed);
             }
             Err(status) => {
-                outcome = error(
-                    grpc,
-                    status,
-                    if status == StatusCode::GATEWAY_TIMEOUT {
-                        "backend timeout"
-                    } else {
-                        "backend unreachable"
-                    },
-                );
+                outcome = Some(status);
                 if last {
                     break;
                 }
             }
         }
     }
-    outcome
+    match outcome {
+        Some(status) => error(
+            grpc,
+            status,
+            if status == StatusCode::GATEWAY_TIMEOUT {
+                "backend timeout"
+            } else {
+                "backend unreachable"
+            },
+        ),
+        None => error(grpc, StatusCode::INTERNAL_SERVER_ERROR, "no usable backend"),
+    }
 }
 
 /// Once both sides have switched protocols, copies bytes between them until either closes.
@@ -488,18 +496,18 @@ async fn send(
         return Err(StatusCode::BAD_GATEWAY);
     }
     let upstreams = &shared.upstreams;
-    let sent = async {
+    let sent = || async {
         if backend.h2c {
-            upstreams.send_h2c(endpoint, req).await
+            Box::pin(upstreams.send_h2c(endpoint, req)).await
         } else {
             upstreams.send_http1(endpoint, req).await
         }
     };
     let result = match timeout {
-        Some(limit) => tokio::time::timeout(limit, sent)
+        Some(limit) => tokio::time::timeout(limit, Box::pin(sent()))
             .await
             .map_err(|_| StatusCode::GATEWAY_TIMEOUT)?,
-        None => sent.await,
+        None => sent().await,
     };
     result.map_err(|e| {
         tracing::debug!(backend = %backend.name, %endpoint, error = %e, "upstream request failed");

@@ -87,7 +87,8 @@ impl Upstreams {
         loop {
             let (mut tx, reused) = match self.checkout_http1(endpoint) {
                 Some(tx) => (tx, true),
-                None => (self.connect_http1(endpoint).await?, false),
+                // Boxed: connecting is rare and its future large.
+                None => (Box::pin(self.connect_http1(endpoint)).await?, false),
             };
             match tx.try_send_request(req).await {
                 Ok(resp) => {
@@ -127,7 +128,7 @@ impl Upstreams {
                 Some(found) => found,
                 None => {
                     fresh = true;
-                    self.connect_h2c(endpoint).await?
+                    Box::pin(self.connect_h2c(endpoint)).await?
                 }
             };
             let mut parts = std::mem::take(req.uri_mut()).into_parts();
