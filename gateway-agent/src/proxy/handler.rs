@@ -130,8 +130,8 @@ pub async fn handle(
     };
     let grpc = grpc || rule.grpc;
     let mut picked = "none";
-    // The future is moved whenever hyper stores it: the rare timeout arm is boxed so it does
-    // not make the common one bigger.
+    // hyper moves the request's future whenever it stores it (HTTP/2: into a task of its own),
+    // so the large part of it lives on the heap, allocated once: this future stays small.
     let work = || {
         serve_rule(
             &shared,
@@ -150,7 +150,7 @@ pub async fn handle(
             Ok(resp) => resp,
             Err(_) => error(grpc, StatusCode::GATEWAY_TIMEOUT, "request timeout"),
         },
-        None => work().await,
+        None => Box::pin(work()).await,
     };
     record(
         &shared,
