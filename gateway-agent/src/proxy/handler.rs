@@ -5,8 +5,8 @@
 use std::{convert::Infallible, net::SocketAddr, sync::Arc};
 
 use bytes::Bytes;
-use gateway_model::http::{Fallback, Filter, HttpRule, PathMatch, RequestView};
-use http::{HeaderValue, Request, Response, StatusCode, Uri, header};
+use gateway_model::http::{Fallback, Filter, HeaderModifier, HttpRule, PathMatch, RequestView};
+use http::{HeaderValue, Request, Response, StatusCode, Uri, header, uri::PathAndQuery};
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::Incoming;
 
@@ -76,20 +76,24 @@ pub async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     let started = std::time::Instant::now();
     let grpc = is_grpc(&req);
+    // The rule is borrowed from this snapshot of the model for the whole request: no copy of
+    // the rule, and a reload cannot change it under a request in flight.
     let model = shared.model.load_full();
     let Some(l) = model.http.iter().find(|l| l.address == listener) else {
         return Ok(error(grpc, StatusCode::NOT_FOUND, "no listener"));
     };
-    let host = req
-        .headers()
-        .get(header::HOST)
+    // Cheap handles on the request's parts (shared bytes, no copies): the request itself is
+    // modified and moved on below.
+    let uri = req.uri().clone();
+    let host_header = req.headers().get(header::HOST).cloned();
+    let method = req.method().clone();
+    let host = host_header
+        .as_ref()
         .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .or_else(|| uri.authority().map(|a| a.as_str()))
         .unwrap_or_default();
-    let path = req.uri().path().to_string();
-    let query = req.uri().query().unwrap_or("").to_string();
-    let method = req.method().as_str().to_string();
+    let path = uri.path();
+    let query = uri.query().unwrap_or("");
     let rule = {
         let headers = req.headers();
         let lookup = |name: &str| -> Vec<String> {
@@ -101,50 +105,61 @@ pub async fn handle(
                 .collect()
         };
         let view = RequestView {
-            host: &host,
-            method: &method,
-            path: &path,
-            query: &query,
+            host,
+            method: method.as_str(),
+            path,
+            query,
             headers: &lookup,
         };
-        l.route(&view).cloned()
+        l.route(&view)
     };
     let Some(rule) = rule else {
         let resp = error(grpc, StatusCode::NOT_FOUND, "no route matches");
         record(
-            &shared, peer, &method, &host, &path, "none", "none", &resp, started,
+            &shared,
+            peer,
+            method.as_str(),
+            host,
+            path,
+            "none",
+            "none",
+            &resp,
+            started,
         );
         return Ok(resp);
     };
     let grpc = grpc || rule.grpc;
-    let mut picked = String::from("none");
-    let work = serve_rule(
-        &shared,
-        peer,
-        req,
-        &rule,
-        &host,
-        &path,
-        &query,
-        grpc,
-        https,
-        &mut picked,
-    );
+    let mut picked = "none";
+    // hyper moves the request's future whenever it stores it (HTTP/2: into a task of its own),
+    // so the large part of it lives on the heap, allocated once: this future stays small.
+    let work = || {
+        serve_rule(
+            &shared,
+            peer,
+            req,
+            rule,
+            host,
+            &uri,
+            grpc,
+            https,
+            &mut picked,
+        )
+    };
     let resp = match rule.timeouts.request {
-        Some(limit) => match tokio::time::timeout(limit, work).await {
+        Some(limit) => match tokio::time::timeout(limit, Box::pin(work())).await {
             Ok(resp) => resp,
             Err(_) => error(grpc, StatusCode::GATEWAY_TIMEOUT, "request timeout"),
         },
-        None => work.await,
+        None => Box::pin(work()).await,
     };
     record(
         &shared,
         peer,
-        &method,
-        &host,
-        &path,
+        method.as_str(),
+        host,
+        path,
         &rule.route,
-        &picked,
+        picked,
         &resp,
         started,
     );
@@ -185,21 +200,22 @@ fn record(
     clippy::too_many_arguments,
     reason = "the parts of one request, borrowed once"
 )]
-async fn serve_rule(
+async fn serve_rule<'r>(
     shared: &Shared,
     peer: SocketAddr,
     mut req: Request<Incoming>,
-    rule: &HttpRule,
+    rule: &'r HttpRule,
     host: &str,
-    path: &str,
-    query: &str,
+    uri: &Uri,
     grpc: bool,
     https: bool,
-    picked: &mut String,
+    picked: &mut &'r str,
 ) -> Response<Body> {
-    let mut response_mods = Vec::new();
-    let mut new_path = path.to_string();
-    let mut new_host: Option<String> = None;
+    let path = uri.path();
+    let query = uri.query().unwrap_or("");
+    let mut response_mods: Vec<&HeaderModifier> = Vec::new();
+    let mut new_path: Option<String> = None;
+    let mut new_host: Option<&str> = None;
     let mut mirrors = Vec::new();
     let mut cors = None;
     for f in &rule.filters {
@@ -225,25 +241,22 @@ async fn serve_rule(
                 );
             }
             Filter::RequestHeaderModifier(m) => filters::modify_headers(req.headers_mut(), m),
-            Filter::ResponseHeaderModifier(m) => response_mods.push(m.clone()),
+            Filter::ResponseHeaderModifier(m) => response_mods.push(m),
             Filter::UrlRewrite { hostname, path: pm } => {
                 if let Some(h) = hostname {
-                    new_host = Some(h.clone());
+                    new_host = Some(h);
                 }
                 if let Some(pm) = pm {
-                    new_path = filters::rewrite_path(path, &rule.matcher.path, pm);
+                    new_path = Some(filters::rewrite_path(path, &rule.matcher.path, pm));
                 }
             }
             Filter::RequestMirror { backend, percent } => mirrors.push((backend, *percent)),
             Filter::Cors(c) => cors = Some(c),
         }
     }
-    let origin = req
-        .headers()
-        .get(header::ORIGIN)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    if let (Some(c), Some(o)) = (cors, origin.as_deref())
+    let origin = cors.and_then(|_| req.headers().get(header::ORIGIN).cloned());
+    let origin = origin.as_ref().and_then(|v| v.to_str().ok());
+    if let (Some(c), Some(o)) = (cors, origin)
         && req.method() == http::Method::OPTIONS
         && req
             .headers()
@@ -255,25 +268,35 @@ async fn serve_rule(
         return error(grpc, StatusCode::INTERNAL_SERVER_ERROR, "no usable backend");
     }
 
-    let path_and_query = if query.is_empty() {
-        new_path
-    } else {
-        format!("{new_path}?{query}")
+    // The request's own path and query when no filter rewrote the path (shared bytes, no copy).
+    let path_and_query = match new_path {
+        None => uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        Some(p) => {
+            let joined = if query.is_empty() {
+                p
+            } else {
+                format!("{p}?{query}")
+            };
+            match PathAndQuery::try_from(joined) {
+                Ok(pq) => pq,
+                Err(_) => return error(grpc, StatusCode::BAD_REQUEST, "invalid rewritten path"),
+            }
+        }
     };
     // Upgrades (WebSocket and others): keep the Upgrade/Connection pair for the backend and take
     // the client side of the upgrade before the request is forwarded.
     let upgrade = req
         .headers()
         .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .filter(|_| req.version() == http::Version::HTTP_11);
+        .filter(|v| v.to_str().is_ok() && req.version() == http::Version::HTTP_11)
+        .cloned();
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     filters::strip_hop_by_hop(req.headers_mut());
-    if let Some(proto) = &upgrade
-        && let Ok(v) = HeaderValue::try_from(proto.as_str())
-    {
-        req.headers_mut().insert(header::UPGRADE, v);
+    if let Some(proto) = upgrade {
+        req.headers_mut().insert(header::UPGRADE, proto);
         req.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
@@ -281,6 +304,11 @@ async fn serve_rule(
     if let Some(h) = new_host
         && let Ok(v) = HeaderValue::try_from(h)
     {
+        req.headers_mut().insert(header::HOST, v);
+    } else if !req.headers().contains_key(header::HOST)
+        && let Ok(v) = HeaderValue::try_from(host)
+    {
+        // An HTTP/2 client names the host in :authority; an HTTP/1.1 upstream needs it as Host.
         req.headers_mut().insert(header::HOST, v);
     }
     let (parts, body) = req.into_parts();
@@ -298,14 +326,14 @@ async fn serve_rule(
     let mut buffered: Option<Bytes> = None;
     if replay && (bodyless || announced.is_some_and(|n| n <= MAX_REPLAY_BODY)) {
         match streaming.take().map(|b| b.collect()) {
-            Some(collect) => match collect.await {
+            Some(collect) => match Box::pin(collect).await {
                 Ok(collected) => buffered = Some(collected.to_bytes()),
                 Err(_) => return error(grpc, StatusCode::BAD_REQUEST, "request body aborted"),
             },
             None => unreachable!("the body is taken once"),
         }
     }
-    let head = RequestHead {
+    let mut head = RequestHead {
         method: parts.method,
         headers: parts.headers,
         path_and_query,
@@ -320,12 +348,13 @@ async fn serve_rule(
     }
 
     let attempts = rule.retry.as_ref().map_or(1, |r| 1 + r.attempts.max(1)) as usize;
-    let mut outcome = error(grpc, StatusCode::INTERNAL_SERVER_ERROR, "no usable backend");
+    // The error to answer with when every attempt failed (built only then).
+    let mut outcome = None;
     for attempt in 0..attempts {
         if attempt > 0
             && let Some(backoff) = rule.retry.as_ref().and_then(|r| r.backoff)
         {
-            tokio::time::sleep(backoff).await;
+            Box::pin(tokio::time::sleep(backoff)).await;
         }
         let body = match (&buffered, streaming.take()) {
             (Some(bytes), _) => full(bytes.clone()),
@@ -336,7 +365,7 @@ async fn serve_rule(
         let Some(backend) = upstream::pick(&rule.backends) else {
             return error(grpc, StatusCode::INTERNAL_SERVER_ERROR, "no usable backend");
         };
-        picked.clone_from(&backend.name);
+        *picked = &backend.name;
         if !backend.resolved {
             return error(
                 grpc,
@@ -347,12 +376,18 @@ async fn serve_rule(
         let Some(endpoint) = upstream::endpoint(backend) else {
             return error(grpc, StatusCode::SERVICE_UNAVAILABLE, "no ready endpoint");
         };
-        let mut response_mods = response_mods.clone();
-        let mut headers = head.headers.clone();
+        let last = attempt + 1 == attempts;
+        // The last attempt takes the headers; earlier ones (retries) send copies.
+        let mut headers = if last {
+            std::mem::take(&mut head.headers)
+        } else {
+            head.headers.clone()
+        };
+        let mut backend_mods = Vec::new();
         for f in &backend.filters {
             match f {
                 Filter::RequestHeaderModifier(m) => filters::modify_headers(&mut headers, m),
-                Filter::ResponseHeaderModifier(m) => response_mods.push(m.clone()),
+                Filter::ResponseHeaderModifier(m) => backend_mods.push(m),
                 _ => {}
             }
         }
@@ -361,7 +396,6 @@ async fn serve_rule(
             .as_ref()
             .map(|r| r.codes.as_slice())
             .unwrap_or(&[]);
-        let last = attempt + 1 == attempts;
         match send(
             shared,
             &head,
@@ -381,34 +415,37 @@ async fn serve_rule(
                     if let Some(client) = client_upgrade {
                         tunnel(client, hyper::upgrade::on(&mut resp));
                     }
-                    return resp;
+                    return resp.map(upstream::ResponseBody::boxed);
                 }
                 filters::strip_hop_by_hop(resp.headers_mut());
-                for m in &response_mods {
+                for m in response_mods.iter().chain(&backend_mods) {
                     filters::modify_headers(resp.headers_mut(), m);
                 }
-                if let (Some(c), Some(o)) = (cors, origin.as_deref()) {
+                if let (Some(c), Some(o)) = (cors, origin) {
                     cors::decorate(c, o, resp.headers_mut());
                 }
-                return resp;
+                return resp.map(upstream::ResponseBody::boxed);
             }
             Err(status) => {
-                outcome = error(
-                    grpc,
-                    status,
-                    if status == StatusCode::GATEWAY_TIMEOUT {
-                        "backend timeout"
-                    } else {
-                        "backend unreachable"
-                    },
-                );
+                outcome = Some(status);
                 if last {
                     break;
                 }
             }
         }
     }
-    outcome
+    match outcome {
+        Some(status) => error(
+            grpc,
+            status,
+            if status == StatusCode::GATEWAY_TIMEOUT {
+                "backend timeout"
+            } else {
+                "backend unreachable"
+            },
+        ),
+        None => error(grpc, StatusCode::INTERNAL_SERVER_ERROR, "no usable backend"),
+    }
 }
 
 /// Once both sides have switched protocols, copies bytes between them until either closes.
@@ -430,7 +467,7 @@ const MAX_REPLAY_BODY: u64 = 1 << 20;
 struct RequestHead {
     method: http::Method,
     headers: http::HeaderMap,
-    path_and_query: String,
+    path_and_query: PathAndQuery,
     grpc: bool,
 }
 
@@ -443,41 +480,39 @@ async fn send(
     endpoint: SocketAddr,
     body: Body,
     timeout: Option<std::time::Duration>,
-) -> Result<Response<Body>, StatusCode> {
-    let uri: Uri = format!("http://{endpoint}{}", head.path_and_query)
-        .parse()
-        .map_err(|_| StatusCode::BAD_REQUEST)?;
+) -> Result<Response<upstream::ResponseBody>, StatusCode> {
     let mut req = Request::new(body);
     *req.method_mut() = head.method.clone();
-    *req.uri_mut() = uri;
+    *req.uri_mut() = Uri::from(head.path_and_query.clone());
     *req.headers_mut() = headers;
     if head.grpc || backend.h2c {
         // gRPC needs the TE: trailers hop-by-hop header end to end.
         req.headers_mut()
             .insert(header::TE, HeaderValue::from_static("trailers"));
         *req.version_mut() = http::Version::HTTP_2;
-    } else {
-        *req.version_mut() = http::Version::HTTP_11;
     }
-    let client = if backend.h2c {
-        &shared.upstreams.h2c
-    } else {
-        &shared.upstreams.http1
+    if head.grpc && !backend.h2c {
+        tracing::debug!(backend = %backend.name, %endpoint, "gRPC request for an HTTP/1.1 backend");
+        return Err(StatusCode::BAD_GATEWAY);
+    }
+    let upstreams = &shared.upstreams;
+    let sent = || async {
+        if backend.h2c {
+            Box::pin(upstreams.send_h2c(endpoint, req)).await
+        } else {
+            upstreams.send_http1(endpoint, req).await
+        }
     };
-    let sent = client.request(req);
     let result = match timeout {
-        Some(limit) => tokio::time::timeout(limit, sent)
+        Some(limit) => tokio::time::timeout(limit, Box::pin(sent()))
             .await
             .map_err(|_| StatusCode::GATEWAY_TIMEOUT)?,
-        None => sent.await,
+        None => sent().await,
     };
-    match result {
-        Ok(resp) => Ok(resp.map(|b| b.boxed())),
-        Err(e) => {
-            tracing::debug!(backend = %backend.name, %endpoint, error = %e, "upstream request failed");
-            Err(StatusCode::BAD_GATEWAY)
-        }
-    }
+    result.map_err(|e| {
+        tracing::debug!(backend = %backend.name, %endpoint, error = %e, "upstream request failed");
+        StatusCode::BAD_GATEWAY
+    })
 }
 
 /// Fire and forget: a copy of the request to the mirror backend; its answer is ignored and it
@@ -491,24 +526,23 @@ fn mirror_request(
     let Some(endpoint) = upstream::endpoint(mirror) else {
         return;
     };
-    let Ok(uri) = format!("http://{endpoint}{}", head.path_and_query).parse::<Uri>() else {
-        return;
-    };
     let mut req = Request::new(full(body));
     *req.method_mut() = head.method.clone();
-    *req.uri_mut() = uri;
+    *req.uri_mut() = Uri::from(head.path_and_query.clone());
     *req.headers_mut() = head.headers.clone();
-    let client = if mirror.h2c {
-        shared.upstreams.h2c.clone()
-    } else {
-        shared.upstreams.http1.clone()
-    };
-    if mirror.h2c {
+    let upstreams = shared.upstreams.clone();
+    let h2c = mirror.h2c;
+    if h2c {
         *req.version_mut() = http::Version::HTTP_2;
     }
     tokio::spawn(async move {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {
-            if let Ok(resp) = client.request(req).await {
+            let sent = if h2c {
+                upstreams.send_h2c(endpoint, req).await
+            } else {
+                upstreams.send_http1(endpoint, req).await
+            };
+            if let Ok(resp) = sent {
                 // Drain the answer so the pooled connection can be reused.
                 let _ = resp.into_body().collect().await;
             }

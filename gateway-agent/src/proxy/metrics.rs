@@ -1,5 +1,10 @@
 //! Per-route and per-backend request counts and latency histograms of the proxy.
 
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, histogram::Histogram},
@@ -38,6 +43,16 @@ pub struct ProxyMetrics {
     pub requests: Family<RequestLabels, Counter>,
     /// Time to the response head, by route, in seconds.
     pub latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    /// Handles on the families' series, found by borrowed names: a request costs a few map
+    /// lookups and no label strings once its series exist.
+    handles: Arc<Mutex<HashMap<String, RouteHandles>>>,
+}
+
+/// The series of one route.
+struct RouteHandles {
+    latency: Histogram,
+    /// Request counters by backend, then status code.
+    requests: HashMap<String, HashMap<u16, Counter>>,
 }
 
 impl ProxyMetrics {
@@ -46,23 +61,46 @@ impl ProxyMetrics {
         ProxyMetrics {
             requests: Family::default(),
             latency: Family::new_with_constructor(latency_histogram),
+            handles: Arc::default(),
         }
     }
 
     /// Records one request.
     pub fn observe(&self, route: &str, backend: &str, code: u16, seconds: f64) {
-        self.requests
-            .get_or_create(&RequestLabels {
-                route: route.to_string(),
-                backend: backend.to_string(),
-                code: code.to_string(),
+        let mut handles = self.handles.lock().unwrap_or_else(|e| e.into_inner());
+        if !handles.contains_key(route) {
+            let latency = self
+                .latency
+                .get_or_create(&RouteLabels {
+                    route: route.to_string(),
+                })
+                .clone();
+            handles.insert(
+                route.to_string(),
+                RouteHandles {
+                    latency,
+                    requests: HashMap::new(),
+                },
+            );
+        }
+        let r = handles.get_mut(route).expect("inserted above");
+        r.latency.observe(seconds);
+        if !r.requests.contains_key(backend) {
+            r.requests.insert(backend.to_string(), HashMap::new());
+        }
+        let by_code = r.requests.get_mut(backend).expect("inserted above");
+        by_code
+            .entry(code)
+            .or_insert_with(|| {
+                self.requests
+                    .get_or_create(&RequestLabels {
+                        route: route.to_string(),
+                        backend: backend.to_string(),
+                        code: code.to_string(),
+                    })
+                    .clone()
             })
             .inc();
-        self.latency
-            .get_or_create(&RouteLabels {
-                route: route.to_string(),
-            })
-            .observe(seconds);
     }
 }
 

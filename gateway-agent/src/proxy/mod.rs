@@ -35,6 +35,8 @@ pub struct Shared {
     pub draining: tokio::sync::watch::Sender<bool>,
     /// Connections open right now.
     pub open_connections: std::sync::atomic::AtomicUsize,
+    /// Whether the task closing idle upstream connections runs.
+    reaper: std::sync::Once,
 }
 
 /// The proxy: its listener sockets and the shared state.
@@ -55,6 +57,7 @@ impl Proxy {
                 access_log,
                 draining: tokio::sync::watch::channel(false).0,
                 open_connections: std::sync::atomic::AtomicUsize::new(0),
+                reaper: std::sync::Once::new(),
             }),
             sockets: SocketSet::new("HTTP"),
         }
@@ -72,7 +75,24 @@ impl Proxy {
             .map(|l| l.address)
             .collect();
         self.shared.certs.store(Arc::new(tls::cert_table(&model)));
+        // Endpoints the new model no longer has lose their pooled connections at once.
+        self.shared
+            .upstreams
+            .retain(&upstream::model_endpoints(&model));
         self.shared.model.store(model);
+        self.shared.reaper.call_once(|| {
+            // Idle upstream connections also time out when nothing reloads.
+            let weak = Arc::downgrade(&self.shared);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(upstream::IDLE_TIMEOUT / 2);
+                loop {
+                    tick.tick().await;
+                    let Some(shared) = weak.upgrade() else { return };
+                    let keep = upstream::model_endpoints(&shared.model.load());
+                    shared.upstreams.retain(&keep);
+                }
+            });
+        });
         let shared = self.shared.clone();
         self.sockets
             .reconcile(&wanted, |listener, addr| {
