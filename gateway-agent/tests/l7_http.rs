@@ -14,6 +14,18 @@ use support::{Agent, ConfigDir};
 use testbed::TempBpffs;
 
 /// A free loopback port (bound, then released).
+/// A port on 127.0.0.1 that refuses connections for as long as the returned socket lives: bound
+/// but not listening. A port merely found free could be taken meanwhile by a backend of a test
+/// running in parallel, which would then answer for the "dead" endpoint.
+fn refusing_port() -> (socket2::Socket, u16) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    let port = socket.local_addr().unwrap().as_socket().unwrap().port();
+    (socket, port)
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -192,7 +204,7 @@ fn http_routes_filters_weights_and_errors() {
         echo_backend("b", Duration::ZERO),
     );
     let slow = echo_backend("slow", Duration::from_secs(2));
-    let dead = free_port();
+    let (_dead_socket, dead) = refusing_port();
     let http_port = free_port();
     let bpffs = TempBpffs::mount("l7").unwrap();
     let dir = ConfigDir::new("l7", &[("all.yaml", &config(http_port, a, b, slow, dead))]).unwrap();
