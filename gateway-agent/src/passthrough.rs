@@ -418,19 +418,8 @@ async fn relay_spliced(
 /// queue behind them. Returns false if at least `queued` bytes are still unread afterwards,
 /// i.e. this kernel did not hand them over.
 fn hand_queue_to_verdict(socket: &TcpStream, queued: usize) -> bool {
-    use std::os::fd::AsRawFd as _;
-    let one: libc::c_int = 1;
-    // SAFETY: setsockopt reads one int from the pointer.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVLOWAT,
-            (&raw const one).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    rc == 0 && unread_bytes(socket) < queued
+    crate::sockets::set_int_option(socket, libc::SOL_SOCKET, libc::SO_RCVLOWAT, 1).is_ok()
+        && unread_bytes(socket) < queued
 }
 
 /// What a spliced socket's peer has done, from the socket's TCP state.

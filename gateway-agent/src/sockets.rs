@@ -113,15 +113,24 @@ fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 }
 
 fn set_v6_only(socket: &tokio::net::TcpSocket) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd as _;
-    let on: libc::c_int = 1;
+    socket2::SockRef::from(socket).set_only_v6(true)
+}
+
+/// Sets an int-valued socket option socket2 does not cover (SO_RCVLOWAT's side effect,
+/// SO_SNDBUFFORCE).
+pub fn set_int_option(
+    socket: &impl std::os::fd::AsRawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> std::io::Result<()> {
     // SAFETY: setsockopt reads one int from the pointer.
     let rc = unsafe {
         libc::setsockopt(
             socket.as_raw_fd(),
-            libc::IPPROTO_IPV6,
-            libc::IPV6_V6ONLY,
-            (&raw const on).cast(),
+            level,
+            name,
+            (&raw const value).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };

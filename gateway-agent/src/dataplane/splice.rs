@@ -3,7 +3,7 @@
 
 use std::{
     collections::BTreeSet,
-    os::fd::{AsRawFd, RawFd},
+    os::fd::{AsFd, AsRawFd},
     sync::Mutex,
 };
 
@@ -42,43 +42,14 @@ pub struct Spliced<'a> {
     cookies: [u64; 2],
 }
 
-/// The kernel's socket cookie (SO_COOKIE), the key the verdict program looks peers up by.
-fn socket_cookie(fd: RawFd) -> std::io::Result<u64> {
-    let mut cookie: u64 = 0;
-    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `cookie`.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_COOKIE,
-            (&raw mut cookie).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(cookie)
-}
-
 /// Sets a socket's send buffer with SO_SNDBUFFORCE (the agent has CAP_NET_ADMIN; the plain
 /// SO_SNDBUF is capped by `net.core.wmem_max`), falling back to SO_SNDBUF. Best effort: a
 /// socket that keeps its autotuned buffer still relays, only slower.
-fn set_send_buffer(fd: RawFd, bytes: u32) {
+fn set_send_buffer(socket: &impl AsRawFd, bytes: u32) {
+    use crate::sockets::set_int_option;
     let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
     for option in [libc::SO_SNDBUFFORCE, libc::SO_SNDBUF] {
-        // SAFETY: setsockopt reads one int from the pointer.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                option,
-                (&raw const value).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc == 0 {
+        if set_int_option(socket, libc::SOL_SOCKET, option, value).is_ok() {
             return;
         }
     }
@@ -137,16 +108,16 @@ impl Splicer {
 
     /// Puts a connection pair into the kernel: from now on bytes arriving on either socket are
     /// sent out of the other without reaching userspace. `route` indexes the byte counters.
-    pub fn splice(
-        &self,
-        a: &impl AsRawFd,
-        b: &impl AsRawFd,
-        route: u32,
-    ) -> anyhow::Result<Spliced<'_>> {
-        let cookies = [socket_cookie(a.as_raw_fd())?, socket_cookie(b.as_raw_fd())?];
+    pub fn splice(&self, a: &impl AsFd, b: &impl AsFd, route: u32) -> anyhow::Result<Spliced<'_>> {
+        let (a, b) = (a.as_fd(), b.as_fd());
+        // SO_COOKIE: the key the verdict program looks peers up by.
+        let cookies = [
+            socket2::SockRef::from(&a).cookie()?,
+            socket2::SockRef::from(&b).cookie()?,
+        ];
         if self.send_buffer > 0 {
-            for fd in [a.as_raw_fd(), b.as_raw_fd()] {
-                set_send_buffer(fd, self.send_buffer);
+            for socket in [&a, &b] {
+                set_send_buffer(socket, self.send_buffer);
             }
         }
         let mut inner = self
@@ -228,23 +199,8 @@ impl Drop for Spliced<'_> {
 
 #[cfg(test)]
 mod tests {
-    use std::os::fd::{AsRawFd as _, RawFd};
-
-    fn send_buffer(fd: RawFd) -> libc::c_int {
-        let mut value: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: getsockopt writes at most `len` bytes into `value`.
-        let rc = unsafe {
-            libc::getsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_SNDBUF,
-                (&raw mut value).cast(),
-                &mut len,
-            )
-        };
-        assert_eq!(rc, 0, "getsockopt(SO_SNDBUF)");
-        value
+    fn send_buffer(socket: &std::net::TcpStream) -> usize {
+        socket2::SockRef::from(socket).send_buffer_size().unwrap()
     }
 
     /// The splice's send buffer goes past `net.core.wmem_max` (SO_SNDBUFFORCE, as root).
@@ -259,8 +215,8 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let socket = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let wanted = wmem_max.saturating_mul(2).min(64 << 20);
-        super::set_send_buffer(socket.as_raw_fd(), wanted as u32);
+        super::set_send_buffer(&socket, wanted as u32);
         // The kernel doubles what it is given, for its bookkeeping.
-        assert_eq!(send_buffer(socket.as_raw_fd()), 2 * wanted);
+        assert_eq!(send_buffer(&socket), 2 * wanted as usize);
     }
 }
