@@ -864,14 +864,13 @@ spec:
     );
 }
 
-/// With the SNAT port range exhausted for a backend, a new flow is dropped and counted under
-/// `no_snat_port` (not handed to the stack), while the flows holding the ports keep working.
-#[test]
-fn exhausted_snat_ports_drop_new_flows_counted() {
-    let topo = Topology::create("snat", 3).expect("topology");
+/// A topology with the usual backends and an XDP agent whose SNAT range is two ports (the
+/// bpffs and config dir are returned to keep them alive).
+fn two_snat_ports_agent(tag: &str) -> (Topology, TempBpffs, ConfigDir, Agent) {
+    let topo = Topology::create(tag, 3).expect("topology");
     start_backends(&topo);
-    let bpffs = TempBpffs::mount("snat").unwrap();
-    let dir = ConfigDir::new("snat", &[("all.yaml", &config(&[backend_v4(1)]))]).unwrap();
+    let bpffs = TempBpffs::mount(tag).unwrap();
+    let dir = ConfigDir::new(tag, &[("all.yaml", &config(&[backend_v4(1)]))]).unwrap();
     let agent = Agent::start_with(
         &topo,
         &bpffs,
@@ -880,6 +879,14 @@ fn exhausted_snat_ports_drop_new_flows_counted() {
         &["--snat-ports", "61000-61001"],
     )
     .expect("agent");
+    (topo, bpffs, dir, agent)
+}
+
+/// With the SNAT port range exhausted for a backend, a new flow is dropped and counted under
+/// `no_snat_port` (not handed to the stack), while the flows holding the ports keep working.
+#[test]
+fn exhausted_snat_ports_drop_new_flows_counted() {
+    let (topo, _bpffs, _dir, agent) = two_snat_ports_agent("snat");
     let vip_udp = SocketAddr::new(GATEWAY_V4.into(), 5353);
     let answered: Vec<bool> = topo
         .client
@@ -933,18 +940,7 @@ fn exhausted_snat_ports_drop_new_flows_counted() {
 /// connections in a row all connect at once, long before `--tcp-closed-timeout` (10 s).
 #[test]
 fn closed_flows_give_their_snat_port_to_new_ones() {
-    let topo = Topology::create("reuse", 3).expect("topology");
-    start_backends(&topo);
-    let bpffs = TempBpffs::mount("reuse").unwrap();
-    let dir = ConfigDir::new("reuse", &[("all.yaml", &config(&[backend_v4(1)]))]).unwrap();
-    let agent = Agent::start_with(
-        &topo,
-        &bpffs,
-        dir.path(),
-        "xdp",
-        &["--snat-ports", "61000-61001"],
-    )
-    .expect("agent");
+    let (topo, _bpffs, _dir, agent) = two_snat_ports_agent("reuse");
     let vip_tcp = SocketAddr::new(GATEWAY_V4.into(), 9000);
     for i in 0..6 {
         let started = std::time::Instant::now();

@@ -286,22 +286,33 @@ fn check_stream(mut r: impl std::io::Read, from: u64, to: u64) -> bool {
     true
 }
 
-/// A backend that reads the hello, then streams `blocks` blocks back while checking `blocks`
-/// blocks from the client; reports the check on `tx`.
-fn bulk_backend(hello_len: usize, blocks: u64, tx: std::sync::mpsc::Sender<bool>) -> u16 {
+/// A backend on 127.0.0.1 for one connection: it reads the `hello_len` bytes of the relayed
+/// ClientHello, then hands the connection to `serve` (on its own thread). Returns its port.
+fn one_connection_backend(
+    hello_len: usize,
+    serve: impl FnOnce(std::net::TcpStream) + Send + 'static,
+) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     std::thread::spawn(move || {
         let (mut s, _) = listener.accept().unwrap();
         let mut hello = vec![0u8; hello_len];
         std::io::Read::read_exact(&mut s, &mut hello).unwrap();
+        serve(s);
+    });
+    port
+}
+
+/// A backend that reads the hello, then streams `blocks` blocks back while checking `blocks`
+/// blocks from the client; reports the check on `tx`.
+fn bulk_backend(hello_len: usize, blocks: u64, tx: std::sync::mpsc::Sender<bool>) -> u16 {
+    one_connection_backend(hello_len, move |s| {
         let w = s.try_clone().unwrap();
         let writer = std::thread::spawn(move || send_stream(w, blocks));
         let ok = check_stream(&s, 0, blocks);
         writer.join().unwrap();
         let _ = tx.send(ok);
-    });
-    port
+    })
 }
 
 fn passthrough_config(gw_port: u16, backend_port: u16) -> String {
@@ -524,13 +535,8 @@ fn bulk_and_churn_userspace() {
 /// A backend that reads the hello, says `hi`, reads the client's stream to EOF (checking every
 /// block), answers with the number of bytes it got and closes.
 fn half_close_backend(hello_len: usize) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
+    one_connection_backend(hello_len, |mut s| {
         use std::io::Read as _;
-        let (mut s, _) = listener.accept().unwrap();
-        let mut hello = vec![0u8; hello_len];
-        s.read_exact(&mut hello).unwrap();
         s.write_all(b"hi").unwrap();
         let mut got = Vec::new();
         s.read_to_end(&mut got).unwrap();
@@ -538,8 +544,7 @@ fn half_close_backend(hello_len: usize) -> u16 {
         let intact = got.len() % BLOCK == 0 && check_stream(&got[..], 0, blocks);
         s.write_all(format!("{} {intact}", got.len()).as_bytes())
             .unwrap();
-    });
-    port
+    })
 }
 
 /// The client's FIN reaches the backend only after every byte before it, and the backend's
@@ -579,21 +584,14 @@ fn half_close_is_passed_on_userspace() {
 
 /// A backend that reads the hello, says `hi` and then resets the connection (SO_LINGER 0).
 fn resetting_backend(hello_len: usize) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        use std::io::Read as _;
-        let (mut s, _) = listener.accept().unwrap();
-        let mut hello = vec![0u8; hello_len];
-        s.read_exact(&mut hello).unwrap();
+    one_connection_backend(hello_len, |mut s| {
         s.write_all(b"hi").unwrap();
         std::thread::sleep(Duration::from_millis(200));
         socket2::SockRef::from(&s)
             .set_linger(Some(Duration::ZERO))
             .unwrap();
         drop(s);
-    });
-    port
+    })
 }
 
 /// A backend's reset reaches the client as a reset, not as an orderly close.
