@@ -388,7 +388,7 @@ async fn relay_spliced(
             break;
         }
         if !client_done && c == PeerState::Finished {
-            // Towards the backend: the hello (written here) and what the kernel moved.
+            // Towards the backend: everything the kernel moved, the hello included.
             half_close(&guard, 0, &mut upstream).await;
             client_done = true;
         }
