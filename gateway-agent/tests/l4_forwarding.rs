@@ -864,13 +864,13 @@ spec:
     );
 }
 
-/// A topology with the usual backends and an XDP agent whose SNAT range is two ports (the
-/// bpffs and config dir are returned to keep them alive).
-fn two_snat_ports_agent(tag: &str) -> (Topology, TempBpffs, ConfigDir, Agent) {
+/// A topology with the usual backends and an XDP agent serving `yaml` whose SNAT range is two
+/// ports (the bpffs and config dir are returned to keep them alive).
+fn two_snat_ports_agent(tag: &str, yaml: &str) -> (Topology, TempBpffs, ConfigDir, Agent) {
     let topo = Topology::create(tag, 3).expect("topology");
     start_backends(&topo);
     let bpffs = TempBpffs::mount(tag).unwrap();
-    let dir = ConfigDir::new(tag, &[("all.yaml", &config(&[backend_v4(1)]))]).unwrap();
+    let dir = ConfigDir::new(tag, &[("all.yaml", yaml)]).unwrap();
     let agent = Agent::start_with(
         &topo,
         &bpffs,
@@ -882,11 +882,104 @@ fn two_snat_ports_agent(tag: &str) -> (Topology, TempBpffs, ConfigDir, Agent) {
     (topo, bpffs, dir, agent)
 }
 
+/// A TCP connection from the client's address and port on `vip`, made the way a load generator
+/// with `tcp_tw_reuse` makes it: SO_REUSEADDR and an explicit bind, so the connect may take over
+/// the port's TIME_WAIT. Read and write time out after 1 s.
+fn connect_from(port: u16, vip: SocketAddr) -> std::io::Result<std::net::TcpStream> {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    sock.set_reuse_address(true)?;
+    sock.bind(&SocketAddr::from(([0, 0, 0, 0], port)).into())?;
+    sock.connect_timeout(&vip.into(), Duration::from_secs(1))?;
+    let stream: std::net::TcpStream = sock.into();
+    stream.set_read_timeout(Some(Duration::from_secs(1)))?;
+    Ok(stream)
+}
+
+/// Writes `line` and reads until its echo has come back; returns everything read (the greeting,
+/// on a new connection, included).
+fn echo_line(stream: &mut std::net::TcpStream, line: &str) -> std::io::Result<String> {
+    use std::io::{Read as _, Write as _};
+    stream.write_all(line.as_bytes())?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    while !got.ends_with(line.as_bytes()) {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    Ok(String::from_utf8_lossy(&got).into_owned())
+}
+
+/// A client that reuses its port for a new connection once the old one's TIME_WAIT gives way (as
+/// `tcp_tw_reuse` lets it) gets a flow of its own. Riding on the closed flow's entries, it would
+/// inherit their FIN flags, and once quiet for a second its SNAT port would be handed to another
+/// flow while it still lives. Two SNAT ports: the reopened connection holds one, a second
+/// connection takes the other, a third finds none, and the reopened one still echoes.
+#[test]
+fn a_reused_client_port_opens_a_flow_of_its_own() {
+    // One backend for the TCP listener: SNAT ports are per backend.
+    let one_backend = config(&[backend_v4(1)]).replace(
+        "{name: a, port: 9000, weight: 3}, {name: b, port: 9000, weight: 1}",
+        "{name: a, port: 9000}",
+    );
+    let (topo, _bpffs, _dir, agent) = two_snat_ports_agent("reopen", &one_backend);
+    topo.client
+        .exec("sysctl", &["-q", "-w", "net.ipv4.tcp_tw_reuse=1"])
+        .unwrap();
+    let vip = SocketAddr::new(GATEWAY_V4.into(), 9000);
+    let port = 40123;
+    let (third, still) = topo
+        .client
+        .run(move || {
+            use std::io::Read as _;
+            // The first connection from `port`, closed by the client: a FIN each way, then the
+            // client's side sits in TIME_WAIT.
+            let mut first = connect_from(port, vip).expect("first connection");
+            echo_line(&mut first, "one\n").expect("first echo");
+            first.shutdown(std::net::Shutdown::Write).unwrap();
+            let mut rest = Vec::new();
+            first.read_to_end(&mut rest).expect("the backend's FIN");
+            drop(first);
+            std::thread::sleep(Duration::from_millis(1300));
+            let mut reopened = connect_from(port, vip)
+                .expect("the same port again (tcp_tw_reuse takes over the TIME_WAIT)");
+            echo_line(&mut reopened, "two\n").expect("the reopened connection echoes");
+            // Everyone quiet past SNAT_REUSE_AFTER_CLOSE_NS.
+            std::thread::sleep(Duration::from_millis(1300));
+            let mut second =
+                connect_from(0, vip).expect("a second connection takes the other SNAT port");
+            echo_line(&mut second, "three\n").expect("the second connection echoes");
+            let third = connect_from(0, vip).map(|_| ());
+            let still = echo_line(&mut reopened, "four\n");
+            (third, still)
+        })
+        .unwrap();
+    let still = still.expect("the reopened connection kept its SNAT port");
+    assert!(still.ends_with("four\n"), "{still:?}");
+    assert!(
+        third.is_err(),
+        "a third connection found a port while both are held by live flows"
+    );
+    let drops = testbed::wait_for(Duration::from_secs(5), "the drop counted", || {
+        let m = agent.metrics().ok()?;
+        testbed::metric_value(
+            &m,
+            "nodegate_dropped_packets_total",
+            &[("reason", "no_snat_port")],
+        )
+        .filter(|n| *n >= 1.0)
+    })
+    .unwrap();
+    assert!(drops >= 1.0);
+}
+
 /// With the SNAT port range exhausted for a backend, a new flow is dropped and counted under
 /// `no_snat_port` (not handed to the stack), while the flows holding the ports keep working.
 #[test]
 fn exhausted_snat_ports_drop_new_flows_counted() {
-    let (topo, _bpffs, _dir, agent) = two_snat_ports_agent("snat");
+    let (topo, _bpffs, _dir, agent) = two_snat_ports_agent("snat", &config(&[backend_v4(1)]));
     let vip_udp = SocketAddr::new(GATEWAY_V4.into(), 5353);
     let answered: Vec<bool> = topo
         .client
@@ -940,7 +1033,7 @@ fn exhausted_snat_ports_drop_new_flows_counted() {
 /// connections in a row all connect at once, long before `--tcp-closed-timeout` (10 s).
 #[test]
 fn closed_flows_give_their_snat_port_to_new_ones() {
-    let (topo, _bpffs, _dir, agent) = two_snat_ports_agent("reuse");
+    let (topo, _bpffs, _dir, agent) = two_snat_ports_agent("reuse", &config(&[backend_v4(1)]));
     let vip_tcp = SocketAddr::new(GATEWAY_V4.into(), 9000);
     for i in 0..6 {
         let started = std::time::Instant::now();

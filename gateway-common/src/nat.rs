@@ -88,9 +88,9 @@ pub const FLOW_F_FIN: u32 = 2;
 /// A RST was seen.
 pub const FLOW_F_RST: u32 = 4;
 
-/// A TCP flow's SNAT port goes back into use for a new flow once its reply entry has seen a FIN
-/// or RST from the backend and nothing from it for this long, as a conntrack entry in TIME_WAIT
-/// gives way to a new SYN. Without it a closed flow would hold its port for the whole
+/// A TCP flow's SNAT port goes back into use for a new flow once the flow has closed (a RST
+/// either way, or a FIN each way) and nothing has come from the backend for this long, as a
+/// conntrack entry in TIME_WAIT gives way to a new SYN. Without it a closed flow would hold its port for the whole
 /// `--tcp-closed-timeout`, capping short connections to one backend at about
 /// range / timeout per second (4,536 / 10 s with the defaults).
 pub const SNAT_REUSE_AFTER_CLOSE_NS: u64 = 1_000_000_000;

@@ -42,6 +42,9 @@ pub struct Scratch {
 #[btf_map]
 static SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();
 
+/// A flow's end flags: a FIN or RST seen.
+const ENDED: u32 = FLOW_F_FIN | FLOW_F_RST;
+
 /// What to do with a packet after NAT.
 pub enum Forward {
     /// Send it out of this interface (`bpf_redirect`).
@@ -194,16 +197,23 @@ pub fn handle<C: EbpfContext>(
     s.key = key_of(p);
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some(entry) = FLOWS.get_ptr_mut(&s.key) {
-        let nat = unsafe {
-            (*entry).last_seen_ns = now;
-            (*entry).flags |= p.tcp_end;
-            &*entry
-        };
-        return counted(
-            rewrite_and_forward(ctx, data, data_end, p, nat, ifindex, &mut s.fib),
-            nat,
-            len,
-        );
+        // A SYN on a flow that has ended is a new connection on a reused tuple (the client's
+        // TIME_WAIT gave way, as tcp_tw_reuse lets it): as conntrack does, it is NATed afresh
+        // below, with today's backends and flags of its own, instead of inheriting the old
+        // flow's end flags (which would let its SNAT port go to another flow while it lives).
+        let reopened = p.tcp_syn && unsafe { (*entry).flags } & ENDED != 0;
+        if !reopened {
+            let nat = unsafe {
+                (*entry).last_seen_ns = now;
+                (*entry).flags |= p.tcp_end;
+                &*entry
+            };
+            return counted(
+                rewrite_and_forward(ctx, data, data_end, p, nat, ifindex, &mut s.fib),
+                nat,
+                len,
+            );
+        }
     }
     let Some(listener) = listener else {
         return Forward::Pass;
@@ -320,16 +330,16 @@ pub fn handle<C: EbpfContext>(
     )
 }
 
-/// Whether the old TCP flow whose reply entry is `reply` (keyed `s.reply_key`) is over: a FIN or
-/// RST each way (or its forward entry gone), and nothing from the backend for
-/// [`SNAT_REUSE_AFTER_CLOSE_NS`] — conntrack's TIME_WAIT, which gives way to a new SYN.
-#[inline(always)]
+/// Whether the old TCP flow whose reply entry is `reply` (keyed `s.reply_key`) is over, so its
+/// SNAT port may go to a new flow: nothing from the backend for [`SNAT_REUSE_AFTER_CLOSE_NS`]
+/// (conntrack's TIME_WAIT, which gives way to a new SYN), and the flow closed — a RST either way
+/// or a FIN each way — or the reply entry orphaned: its forward entry gone, or NATed afresh to
+/// another port. The agent's aging (`aging::expired`) judges a flow closed the same way. A BPF
+/// subprogram of its own: inlined, its copies would push `handle` past the 512-byte stack.
+#[inline(never)]
 fn closed_and_quiet(s: &mut Scratch, reply: *const FlowNat, now: u64) -> bool {
-    const ENDED: u32 = FLOW_F_FIN | FLOW_F_RST;
     let reply = unsafe { &*reply };
-    if reply.flags & ENDED == 0
-        || now.saturating_sub(reply.last_seen_ns) <= SNAT_REUSE_AFTER_CLOSE_NS
-    {
+    if now.saturating_sub(reply.last_seen_ns) <= SNAT_REUSE_AFTER_CLOSE_NS {
         return false;
     }
     // The old flow's forward entry: the tuple its reply entry rewrites to, reversed.
@@ -340,9 +350,28 @@ fn closed_and_quiet(s: &mut Scratch, reply: *const FlowNat, now: u64) -> bool {
     s.old_key.proto = s.reply_key.proto;
     s.old_key.family = s.reply_key.family;
     s.old_key._pad = [0; 2];
-    match FLOWS.get_ptr(&s.old_key) {
-        None => true,
-        Some(f) => (unsafe { (*f).flags } & ENDED) != 0,
+    let Some(forward) = FLOWS.get_ptr(&s.old_key) else {
+        return true;
+    };
+    let forward = unsafe { &*forward };
+    if forward.new_sport != s.reply_key.dport
+        || forward.new_dport != s.reply_key.sport
+        || !same_addr(&forward.new_dst, &s.reply_key.src)
+    {
+        return true;
+    }
+    (forward.flags | reply.flags) & FLOW_F_RST != 0 || forward.flags & reply.flags & FLOW_F_FIN != 0
+}
+
+/// Whether two 16-byte addresses are equal, compared as two words in place (no memcmp in BPF,
+/// and no copies on the 512-byte stack).
+#[inline(always)]
+fn same_addr(a: &[u8; 16], b: &[u8; 16]) -> bool {
+    let (a, b) = (a.as_ptr().cast::<u64>(), b.as_ptr().cast::<u64>());
+    // SAFETY: both point at 16 readable bytes; read_unaligned has no alignment requirement.
+    unsafe {
+        a.read_unaligned() == b.read_unaligned()
+            && a.add(1).read_unaligned() == b.add(1).read_unaligned()
     }
 }
 
