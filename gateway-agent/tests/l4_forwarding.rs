@@ -975,6 +975,97 @@ fn a_reused_client_port_opens_a_flow_of_its_own() {
     assert!(drops >= 1.0);
 }
 
+/// The SNAT port the forward entry of the flow from client port `cport` to the VIP rewrites to.
+fn snat_port_of(bpffs: &std::path::Path, cport: u16) -> Option<u64> {
+    let json = testbed::sh(
+        "bpftool",
+        &[
+            "-j",
+            "map",
+            "dump",
+            "pinned",
+            &bpffs.join("FLOWS").to_string_lossy(),
+        ],
+    )
+    .unwrap();
+    let entries: serde_json::Value = serde_json::from_str(&json).unwrap();
+    // With BTF, bpftool adds a "formatted" rendering with the field names.
+    entries.as_array()?.iter().find_map(|e| {
+        let e = &e["formatted"];
+        (e["key"]["sport"].as_u64() == Some(u64::from(cport)))
+            .then(|| e["value"]["new_sport"].as_u64())
+            .flatten()
+    })
+}
+
+/// A backend that closed first holds its side of the tuple in TIME_WAIT for 60 s and would
+/// refuse about half the SYNs that reuse its SNAT port, so that port is the last resort. Two
+/// ports: one left in the backend's TIME_WAIT, one by a flow the client closed first. The next
+/// flow takes the second; the one after it, finding no other, takes the first (and connects).
+#[test]
+fn ports_left_in_backend_time_wait_are_the_last_resort() {
+    use std::io::{Read as _, Write as _};
+    let yaml = config(&[backend_v4(1)]).replace(
+        "{name: a, port: 9000, weight: 3}, {name: b, port: 9000, weight: 1}",
+        "{name: closer, port: 9100}",
+    ) + &service("closer", &[backend_v4(0)], 9100, "TCP");
+    let (topo, bpffs, _dir, agent) = two_snat_ports_agent("timewait", &yaml);
+    // Sent `c`, the backend closes first; sent `w`, it waits for the client's FIN.
+    let addr = SocketAddr::new(backend_v4(0).into(), 9100);
+    topo.backend
+        .spawn(move || {
+            let listener = std::net::TcpListener::bind(addr).unwrap();
+            for mut stream in listener.incoming().flatten() {
+                std::thread::spawn(move || {
+                    let mut cmd = [0u8; 1];
+                    if stream.read_exact(&mut cmd).is_ok() && cmd[0] == b'w' {
+                        let _ = stream.read_to_end(&mut Vec::new());
+                    }
+                });
+            }
+        })
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let vip = SocketAddr::new(GATEWAY_V4.into(), 9000);
+    let open = |cmd: &'static [u8]| {
+        topo.client
+            .run(move || {
+                let mut s = connect_from(0, vip)?;
+                s.write_all(cmd)?;
+                Ok::<_, std::io::Error>(s)
+            })
+            .unwrap()
+    };
+    let close = |mut s: std::net::TcpStream, client_first: bool| {
+        if client_first {
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+        }
+        s.read_to_end(&mut Vec::new()).expect("the backend's FIN");
+    };
+    let port = |s: &std::net::TcpStream| s.local_addr().unwrap().port();
+    let backend_first = open(b"c").expect("first connection");
+    let client_first = open(b"w").expect("second connection");
+    let (in_time_wait, clean) = (port(&backend_first), port(&client_first));
+    close(backend_first, false);
+    close(client_first, true);
+    let in_time_wait = snat_port_of(&agent.bpffs, in_time_wait).unwrap();
+    let clean = snat_port_of(&agent.bpffs, clean).unwrap();
+    assert_ne!(in_time_wait, clean);
+    std::thread::sleep(Duration::from_millis(300));
+    let third = open(b"w").expect("third connection");
+    assert_eq!(
+        snat_port_of(&agent.bpffs, port(&third)),
+        Some(clean),
+        "the port without a TIME_WAIT behind it goes first"
+    );
+    let fourth = open(b"w").expect("fourth connection: the TIME_WAIT port as the last resort");
+    assert_eq!(
+        snat_port_of(&agent.bpffs, port(&fourth)),
+        Some(in_time_wait)
+    );
+    drop(bpffs);
+}
+
 /// With the SNAT port range exhausted for a backend, a new flow is dropped and counted under
 /// `no_snat_port` (not handed to the stack), while the flows holding the ports keep working.
 #[test]
@@ -1028,9 +1119,10 @@ fn exhausted_snat_ports_drop_new_flows_counted() {
     assert_eq!(drops, 1.0, "one datagram found no port");
 }
 
-/// A closed TCP flow gives its SNAT port back once the backend has been quiet for a second, as
-/// conntrack's TIME_WAIT gives way to a new SYN: with two ports per backend, six short
-/// connections in a row all connect at once, long before `--tcp-closed-timeout` (10 s).
+/// A closed TCP flow gives its SNAT port back once the backend has been quiet for 100 ms (the
+/// client closed first, so the backend holds no TIME_WAIT), as conntrack's TIME_WAIT gives way
+/// to a new SYN: with two ports per backend, six short connections in a row all connect at
+/// once, long before `--tcp-closed-timeout` (10 s).
 #[test]
 fn closed_flows_give_their_snat_port_to_new_ones() {
     let (topo, _bpffs, _dir, agent) = two_snat_ports_agent("reuse", &config(&[backend_v4(1)]));
@@ -1047,7 +1139,7 @@ fn closed_flows_give_their_snat_port_to_new_ones() {
             "connection {i} ({greeting}) took {:?}: its SYN waited for a port",
             started.elapsed()
         );
-        std::thread::sleep(Duration::from_millis(1200));
+        std::thread::sleep(Duration::from_millis(300));
     }
     let m = agent.metrics().unwrap();
     assert_eq!(

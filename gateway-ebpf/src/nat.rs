@@ -13,8 +13,8 @@ use aya_ebpf::{
 use gateway_common::{
     listener::{FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP},
     nat::{
-        FLOW_F_FIN, FLOW_F_REPLY, FLOW_F_RST, FlowKey, FlowNat, MAGLEV_SIZE,
-        SNAT_REUSE_AFTER_CLOSE_NS,
+        BACKEND_TIME_WAIT_NS, FLOW_F_FIN, FLOW_F_REPLY, FLOW_F_RST, FlowKey, FlowNat, MAGLEV_SIZE,
+        SNAT_REUSE_AFTER_CLOSE_NS, backend_time_wait,
     },
 };
 
@@ -273,11 +273,17 @@ pub fn handle<C: EbpfContext>(
     s.reply_key.proto = p.proto;
     s.reply_key.family = p.family;
     s.reply_key._pad = [0; 2];
-    // Probe a few ports from the flow's hash for one whose reply tuple is free.
+    // Probe a few ports from the flow's hash for one whose reply tuple is free: double hashing
+    // (a stride from the hash's other half), as consecutive probes would pile new flows onto
+    // the runs of taken ports and fail at a quarter full. A port whose backend may still hold
+    // TIME_WAIT is kept as the fallback, taken only if no other is free.
     let base = flow_hash(p).rotate_left(7);
+    let stride = (base >> 16) | 1;
     let mut found = false;
+    let mut fallback = u32::MAX;
     for attempt in 0..8u32 {
-        s.reply_key.dport = port_min + ((base.wrapping_add(attempt)) % span) as u16;
+        let port = port_min + (base.wrapping_add(attempt.wrapping_mul(stride)) % span) as u16;
+        s.reply_key.dport = port;
         match FLOWS.get_ptr(&s.reply_key) {
             None => {
                 found = true;
@@ -285,12 +291,20 @@ pub fn handle<C: EbpfContext>(
             }
             // A closed TCP flow gives its port up (the insert below overwrites its reply
             // entry; the agent ages the orphaned forward entry).
-            Some(e) if p.proto == PROTO_TCP && closed_and_quiet(s, e, now) => {
-                found = true;
-                break;
-            }
+            Some(e) if p.proto == PROTO_TCP => match reusable(s, e, now) {
+                REUSE_FREE => {
+                    found = true;
+                    break;
+                }
+                REUSE_TIME_WAIT if fallback == u32::MAX => fallback = u32::from(port),
+                _ => {}
+            },
             Some(_) => {}
         }
+    }
+    if !found && fallback != u32::MAX {
+        s.reply_key.dport = fallback as u16;
+        found = true;
     }
     if !found {
         // Passing it would hand a packet addressed to a Gateway to the stack, which would
@@ -330,17 +344,28 @@ pub fn handle<C: EbpfContext>(
     )
 }
 
-/// Whether the old TCP flow whose reply entry is `reply` (keyed `s.reply_key`) is over, so its
-/// SNAT port may go to a new flow: nothing from the backend for [`SNAT_REUSE_AFTER_CLOSE_NS`]
-/// (conntrack's TIME_WAIT, which gives way to a new SYN), and the flow closed — a RST either way
-/// or a FIN each way — or the reply entry orphaned: its forward entry gone, or NATed afresh to
-/// another port. The agent's aging (`aging::expired`) judges a flow closed the same way. A BPF
-/// subprogram of its own: inlined, its copies would push `handle` past the 512-byte stack.
+/// [`reusable`]: the port is held by a live flow (or one closed less than
+/// [`SNAT_REUSE_AFTER_CLOSE_NS`] ago).
+const REUSE_NO: u32 = 0;
+/// [`reusable`]: the port is free to take.
+const REUSE_FREE: u32 = 1;
+/// [`reusable`]: free, but its backend may still hold the old tuple in TIME_WAIT.
+const REUSE_TIME_WAIT: u32 = 2;
+
+/// Whether the SNAT port of the old TCP flow whose reply entry is `reply` (keyed `s.reply_key`)
+/// may go to a new flow. Not before nothing has come from the backend for
+/// [`SNAT_REUSE_AFTER_CLOSE_NS`] (conntrack's TIME_WAIT, which gives way to a new SYN); then
+/// free if the reply entry is orphaned (its forward entry gone, or NATed afresh to another port)
+/// or the flow closed (a RST either way or a FIN each way) — unless the backend closed first and
+/// may still hold TIME_WAIT ([`backend_time_wait`], for [`BACKEND_TIME_WAIT_NS`]). The agent's
+/// aging (`aging::expired`) judges a flow closed the same way. A BPF subprogram of its own:
+/// inlined, its copies would push `handle` past the 512-byte stack.
 #[inline(never)]
-fn closed_and_quiet(s: &mut Scratch, reply: *const FlowNat, now: u64) -> bool {
+fn reusable(s: &mut Scratch, reply: *const FlowNat, now: u64) -> u32 {
     let reply = unsafe { &*reply };
-    if now.saturating_sub(reply.last_seen_ns) <= SNAT_REUSE_AFTER_CLOSE_NS {
-        return false;
+    let quiet = now.saturating_sub(reply.last_seen_ns);
+    if quiet <= SNAT_REUSE_AFTER_CLOSE_NS {
+        return REUSE_NO;
     }
     // The old flow's forward entry: the tuple its reply entry rewrites to, reversed.
     s.old_key.src = reply.new_dst;
@@ -351,16 +376,24 @@ fn closed_and_quiet(s: &mut Scratch, reply: *const FlowNat, now: u64) -> bool {
     s.old_key.family = s.reply_key.family;
     s.old_key._pad = [0; 2];
     let Some(forward) = FLOWS.get_ptr(&s.old_key) else {
-        return true;
+        return REUSE_FREE;
     };
     let forward = unsafe { &*forward };
     if forward.new_sport != s.reply_key.dport
         || forward.new_dport != s.reply_key.sport
         || !same_addr(&forward.new_dst, &s.reply_key.src)
     {
-        return true;
+        return REUSE_FREE;
     }
-    (forward.flags | reply.flags) & FLOW_F_RST != 0 || forward.flags & reply.flags & FLOW_F_FIN != 0
+    let closed = (forward.flags | reply.flags) & FLOW_F_RST != 0
+        || forward.flags & reply.flags & FLOW_F_FIN != 0;
+    if !closed {
+        REUSE_NO
+    } else if quiet <= BACKEND_TIME_WAIT_NS && backend_time_wait(forward, reply) {
+        REUSE_TIME_WAIT
+    } else {
+        REUSE_FREE
+    }
 }
 
 /// Whether two 16-byte addresses are equal, compared as two words in place (no memcmp in BPF,

@@ -9,7 +9,10 @@ use aya::{Ebpf, maps::HashMap};
 use gateway_common::{
     listener::PROTO_UDP,
     map_names,
-    nat::{FLOW_F_FIN, FLOW_F_RST, FlowKey, FlowNat},
+    nat::{
+        BACKEND_TIME_WAIT_NS, FLOW_F_FIN, FLOW_F_REPLY, FLOW_F_RST, FlowKey, FlowNat,
+        backend_time_wait,
+    },
 };
 
 /// How long flows may stay idle.
@@ -83,8 +86,20 @@ fn expired(entries: &[(FlowKey, FlowNat)], now_ns: u64, t: Timeouts) -> Vec<Flow
             Some(o) => flags & FLOW_F_RST != 0 || (nat.flags & o.flags & FLOW_F_FIN != 0),
             None => nat.flags & (FLOW_F_RST | FLOW_F_FIN) != 0,
         };
+        // A backend that closed first holds TIME_WAIT: the kernel hands the port to a new flow
+        // only as a last resort while it lasts, which it can tell only while the entries stay.
+        let backend_time_wait = other.is_some_and(|o| {
+            let (forward, reply) = if nat.flags & FLOW_F_REPLY != 0 {
+                (o, nat)
+            } else {
+                (nat, o)
+            };
+            backend_time_wait(forward, reply)
+        });
         let limit = if key.proto == PROTO_UDP {
             t.udp_idle
+        } else if closed && backend_time_wait {
+            t.tcp_closed.max(Duration::from_nanos(BACKEND_TIME_WAIT_NS))
         } else if closed {
             t.tcp_closed
         } else {
@@ -208,5 +223,43 @@ mod tests {
             doomed, want,
             "the closed pair and the orphan go; open, half-closed and the new flow stay"
         );
+    }
+
+    /// Closed flows whose backend closed first (its reply entry seen last: it sent the final
+    /// ACK) stay for the backend's TIME_WAIT, so the kernel keeps seeing that their ports are
+    /// the last resort; a flow the client closed first, or one reset, goes after
+    /// `tcp_closed` as before.
+    #[test]
+    fn flows_the_backend_closed_first_stay_for_its_time_wait() {
+        let now = 100 * SEC;
+        let (fin, rst) = (FLOW_F_FIN, FLOW_F_RST);
+        let closed_by = |cport, snat, seen: u64, backend_last: bool, end: u32| {
+            let [(fk, mut f), (rk, mut r)] = tcp_flow(cport, snat, [end, end | FLOW_F_REPLY], seen);
+            if backend_last {
+                r.last_seen_ns += 1_000;
+            } else {
+                f.last_seen_ns += 1_000;
+            }
+            [(fk, f), (rk, r)]
+        };
+        let cases = [
+            // (flow, whether it is gone at `now`)
+            (closed_by(2000, 62000, now - 20 * SEC, true, fin), false),
+            (closed_by(2001, 62001, now - 61 * SEC, true, fin), true),
+            (closed_by(2002, 62002, now - 20 * SEC, false, fin), true),
+            (closed_by(2003, 62003, now - 20 * SEC, true, rst), true),
+        ];
+        let entries: Vec<_> = cases.iter().flat_map(|(pair, _)| *pair).collect();
+        let doomed = expired(&entries, now, T);
+        for (pair, gone) in cases {
+            for (key, _) in pair {
+                assert_eq!(
+                    doomed.contains(&key),
+                    gone,
+                    "client port {}: gone {gone} expected",
+                    pair[0].0.sport
+                );
+            }
+        }
     }
 }
