@@ -358,7 +358,8 @@ const REUSE_FREE: u32 = 1;
 const REUSE_TIME_WAIT: u32 = 2;
 
 /// Whether the SNAT port of the old TCP flow whose reply entry is `reply` (keyed `s.reply_key`)
-/// may go to a new flow. Not before nothing has come from the backend for
+/// may go to a new flow (whose key is `s.key`). At once if the old flow had the same tuple.
+/// Otherwise not before nothing has come from the backend for
 /// [`SNAT_REUSE_AFTER_CLOSE_NS`] (conntrack's TIME_WAIT, which gives way to a new SYN); then
 /// free if the reply entry is orphaned (its forward entry gone, or NATed afresh to another port)
 /// or the flow closed (a RST either way or a FIN each way) — unless the backend closed first and
@@ -368,10 +369,6 @@ const REUSE_TIME_WAIT: u32 = 2;
 #[inline(never)]
 fn reusable(s: &mut Scratch, reply: *const FlowNat, now: u64) -> u32 {
     let reply = unsafe { &*reply };
-    let quiet = now.saturating_sub(reply.last_seen_ns);
-    if quiet <= SNAT_REUSE_AFTER_CLOSE_NS {
-        return REUSE_NO;
-    }
     // The old flow's forward entry: the tuple its reply entry rewrites to, reversed.
     s.old_key.src = reply.new_dst;
     s.old_key.dst = reply.new_src;
@@ -380,6 +377,19 @@ fn reusable(s: &mut Scratch, reply: *const FlowNat, now: u64) -> u32 {
     s.old_key.proto = s.reply_key.proto;
     s.old_key.family = s.reply_key.family;
     s.old_key._pad = [0; 2];
+    // The port was this very tuple's (a SYN reopening its closed flow, or retried after the
+    // client reset a refused one): the backend sees the same tuple again, as through conntrack.
+    if s.old_key.sport == s.key.sport
+        && s.old_key.dport == s.key.dport
+        && same_addr(&s.old_key.src, &s.key.src)
+        && same_addr(&s.old_key.dst, &s.key.dst)
+    {
+        return REUSE_FREE;
+    }
+    let quiet = now.saturating_sub(reply.last_seen_ns);
+    if quiet <= SNAT_REUSE_AFTER_CLOSE_NS {
+        return REUSE_NO;
+    }
     let Some(forward) = FLOWS.get_ptr(&s.old_key) else {
         return REUSE_FREE;
     };
