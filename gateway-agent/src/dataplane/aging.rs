@@ -58,9 +58,18 @@ pub fn sweep(ebpf: &mut Ebpf, now_ns: u64, t: Timeouts) -> anyhow::Result<usize>
     )?;
     let entries: Vec<(FlowKey, FlowNat)> = flows.iter().filter_map(Result::ok).collect();
     let doomed = expired(&entries, now_ns, t);
+    let seen: std::collections::HashMap<[u8; 40], u64> = entries
+        .iter()
+        .map(|(k, v)| (key_bytes(k), v.last_seen_ns))
+        .collect();
     let mut removed = 0;
     for key in doomed {
-        if flows.remove(&key).is_ok() {
+        // The kernel may have reused the key since the snapshot (a SNAT port given to a new
+        // flow, a client port reopened): a newer last_seen means a live flow, which stays.
+        let still_stale = flows
+            .get(&key, 0)
+            .is_ok_and(|now| Some(&now.last_seen_ns) == seen.get(&key_bytes(&key)));
+        if still_stale && flows.remove(&key).is_ok() {
             removed += 1;
         }
     }
