@@ -55,6 +55,11 @@ const COLUMNS: &[Column] = &[
         digits: 0,
     },
     Column {
+        key: "connect_failures",
+        label: "connects failed",
+        digits: 0,
+    },
+    Column {
         key: "connect_p50_us",
         label: "connect p50 µs",
         digits: 0,
@@ -108,6 +113,14 @@ struct Sinks {
 pub fn run(ctx: &Ctx) -> anyhow::Result<Section> {
     crate::packages::ensure(super::PEER_TOOLS)?;
     let topo = Topology::create("bench", 1)?;
+    // Sequential connects from one address exhaust the ephemeral ports within ~30 s, each held
+    // 60 s in TIME_WAIT, and connect() then scans the range for a free one (about 1 ms). A load
+    // generator lets a connect take over a TIME_WAIT older than a second, as here.
+    // haproxy's connections to the backend come from the gateway namespace's ports, so the
+    // same there.
+    for ns in [&topo.client, &topo.gateway] {
+        ns.exec("sysctl", &["-q", "-w", "net.ipv4.tcp_tw_reuse=1"])?;
+    }
     let b = backend_v4(0);
     let sinks = start_sinks(&topo)?;
     let vip = |port| SocketAddr::new(GATEWAY_V4.into(), port);
@@ -191,9 +204,11 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Section> {
             "testbed's client — gateway — backend namespaces (veth pairs). One sender thread \
              (`send` of 64-byte UDP datagrams on a connected socket) on CPU {LOAD_CPU}; backend \
              sinks, haproxy and the agent on CPU {GATEWAY_CPU}. CPU is whole-machine busy time \
-             from /proc/stat at {FIXED_RATE} pps offered. Connect latency: time of `connect()` \
-             (SYN to SYN-ACK through the path) in a sequential loop; UDP RTT: sequential 64-byte \
-             request/response to an echo server. {} runs of {} s per figure{}.",
+             from /proc/stat (steal left out) at {FIXED_RATE} pps offered. Connect latency: time \
+             of `connect()` (SYN to SYN-ACK through the path) in a sequential loop, the client \
+             closing first (the backend closes 256 connections behind), with \
+             net.ipv4.tcp_tw_reuse=1 in the client and gateway namespaces; failed: connects not \
+             done in 1 s; UDP RTT: sequential 64-byte request/response to an echo server. {} runs of {} s per figure{}.",
             ctx.runs(),
             ctx.window().as_secs(),
             if ctx.warmup().is_zero() {
@@ -239,11 +254,12 @@ fn path(
                 (got > 0).then(|| cpu * 1e6 / got as f64),
             );
         }
-        let mut connects = tcp_connects(topo, t.tcp, window)?;
+        let (mut connects, failed) = tcp_connects(topo, t.tcp, window)?;
         s.push(
             "tcp_cps",
             Some(connects.len() as f64 / window.as_secs_f64()),
         );
+        s.push("connect_failures", Some(failed as f64));
         s.push_latency("connect", &mut connects);
         if let Some(rr) = t.rr {
             let mut rtts = udp_rr(topo, rr, window)?;
@@ -383,9 +399,28 @@ fn start_sinks(topo: &Topology) -> anyhow::Result<Sinks> {
             Ok(l) => l,
             Err(e) => return drop(tx2.send(Err(e))),
         };
+        // std listens with a backlog of 128, which a burst overflows while this thread waits
+        // for the CPU (a SYN dropped there costs the client a 1 s retransmit); servers ask for
+        // the kernel's default somaxconn, 4096. Listening again only changes the backlog.
+        use std::os::fd::AsRawFd as _;
+        // SAFETY: listen(2) on a socket this thread owns.
+        if unsafe { libc::listen(listener.as_raw_fd(), 4096) } != 0 {
+            return drop(tx2.send(Err(std::io::Error::last_os_error())));
+        }
         let _ = tx2.send(Ok(()));
-        for s in listener.incoming() {
-            drop(s);
+        // The client closes first, as HTTP clients and most load generators do: each accepted
+        // connection is closed only after CLOSE_BEHIND more have come (a few ms at these rates,
+        // long after the client's FIN), so the backend never holds a TIME_WAIT. A backend that
+        // closes first keeps its side of the tuple 60 s, and a NAT that reuses the tuple's
+        // source port within that (any SNAT with a bounded port range, at a high enough rate)
+        // gets its SYN refused until the client's RST clears it; see bench/README.md.
+        const CLOSE_BEHIND: usize = 256;
+        let mut open = std::collections::VecDeque::with_capacity(CLOSE_BEHIND + 1);
+        for s in listener.incoming().flatten() {
+            open.push_back(s);
+            if open.len() > CLOSE_BEHIND {
+                open.pop_front();
+            }
         }
     })?;
     for _ in 0..3 {
@@ -441,23 +476,25 @@ fn udp_run(
 }
 
 /// Sequential TCP connects (connect, then close) from the client namespace for `window`; returns
-/// each successful connect's duration.
+/// each successful connect's duration and how many failed (1 s timeout: a SYN lost or dropped).
 fn tcp_connects(
     topo: &Topology,
     target: SocketAddr,
     window: Duration,
-) -> anyhow::Result<Vec<Duration>> {
+) -> anyhow::Result<(Vec<Duration>, u64)> {
     topo.client.run(move || {
         sys::pin_current_thread(LOAD_CPU);
         let start = Instant::now();
-        let mut lat = Vec::new();
+        let (mut lat, mut failed) = (Vec::new(), 0);
         while start.elapsed() < window {
             let t = Instant::now();
             if std::net::TcpStream::connect_timeout(&target, Duration::from_secs(1)).is_ok() {
                 lat.push(t.elapsed());
+            } else {
+                failed += 1;
             }
         }
-        lat
+        (lat, failed)
     })
 }
 

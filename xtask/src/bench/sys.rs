@@ -79,8 +79,10 @@ pub fn memory_mib(pids: &[u32], field: &str) -> Option<f64> {
     any.then(|| kb as f64 / 1024.0)
 }
 
-/// Whole-machine busy CPU seconds so far (every /proc/stat field but idle and iowait; softirq
-/// included), so the kernel's share of a path counts.
+/// Whole-machine busy CPU seconds so far (user, nice, system, irq, softirq: every /proc/stat
+/// field but idle, iowait and steal), so the kernel's share of a path counts. Steal is time the
+/// hypervisor gave our vCPUs' host CPUs to someone else: counted, a busy host made every path
+/// look slower by however much it stole during that window.
 pub fn machine_busy_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let fields: Vec<u64> = stat
@@ -91,9 +93,8 @@ pub fn machine_busy_seconds() -> f64 {
         .skip(1)
         .filter_map(|v| v.parse().ok())
         .collect();
-    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
-    let total: u64 = fields.iter().take(8).sum();
-    total.saturating_sub(idle) as f64 / clock_ticks()
+    let busy: u64 = [0, 1, 2, 5, 6].iter().filter_map(|&i| fields.get(i)).sum();
+    busy as f64 / clock_ticks()
 }
 
 /// utime + stime of the kernel's worker threads (`kworker/*`, which run sockmap's
