@@ -94,8 +94,8 @@ pub struct RunArgs {
     /// Send buffer of each spliced socket, in bytes as SO_SNDBUF takes them (the kernel doubles
     /// it for its bookkeeping), set with SO_SNDBUFFORCE; 0 leaves TCP's autotuning. The kernel's
     /// psock backlog, which writes the redirected bytes, backs off each time a send buffer is
-    /// full, so the autotuned size, which starts at 16 KiB, starves it: on loopback the default
-    /// moves about 1.5x the bytes per CPU-second of autotuning (bench/README.md).
+    /// full, and the autotuned size starts at 16 KiB; on loopback the two now measure the same
+    /// per CPU-second (bench/README.md), so this mainly bounds how long the backlog waits.
     #[arg(long, default_value_t = 4 << 20)]
     pub passthrough_splice_sndbuf: u32,
     /// On exit, leave the kernel programs attached and the maps pinned for the next agent (which
