@@ -83,9 +83,18 @@ impl Recorder {
                     "whole machine (perf -a: kernel, softirq, BPF programs)"
                 }
             );
-            render(&data, &svg, &title).with_context(|| format!("rendering {}", svg.display()))?;
+            let drawn = render(&data, &svg, &title)
+                .with_context(|| format!("rendering {}", svg.display()))?;
             let _ = std::fs::remove_file(&data);
-            self.rendered.lock().unwrap().push(svg);
+            if drawn {
+                self.rendered.lock().unwrap().push(svg);
+            } else {
+                // The spliced TLS path leaves the agent idle for whole windows: nothing to draw.
+                eprintln!(
+                    "xtask: {}-{kind}: no samples (idle through the window), no graph",
+                    session.name
+                );
+            }
         }
         Ok(())
     }
@@ -112,6 +121,9 @@ pub fn render_scripts(files: &[PathBuf], dir: &Path) -> anyhow::Result<()> {
             .to_string();
         let input = std::fs::File::open(f).with_context(|| format!("opening {}", f.display()))?;
         let folded = fold(BufReader::new(input))?;
+        if folded.is_empty() {
+            bail!("{}: no samples to fold", f.display());
+        }
         let svg = dir.join(format!("{name}.svg"));
         draw(&folded, &svg, &name)?;
         println!("written: {}", svg.display());
@@ -124,9 +136,6 @@ fn fold(reader: impl std::io::BufRead) -> anyhow::Result<Vec<u8>> {
     let mut folded = Vec::new();
     inferno::collapse::perf::Folder::from(inferno::collapse::perf::Options::default())
         .collapse(reader, &mut folded)?;
-    if folded.is_empty() {
-        bail!("no samples to fold");
-    }
     Ok(folded)
 }
 
@@ -141,8 +150,9 @@ fn draw(folded: &[u8], svg: &Path, title: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `perf script` → folded stacks → SVG.
-fn render(data: &Path, svg: &Path, title: &str) -> anyhow::Result<()> {
+/// `perf script` → folded stacks → SVG. Returns false, drawing nothing, if perf recorded no
+/// samples (the process never ran during the window).
+fn render(data: &Path, svg: &Path, title: &str) -> anyhow::Result<bool> {
     let mut script = Command::new("perf")
         .args(["script", "-i"])
         .arg(data)
@@ -154,7 +164,10 @@ fn render(data: &Path, svg: &Path, title: &str) -> anyhow::Result<()> {
     let stdout = script.stdout.take().context("perf script stdout")?;
     let folded = fold(BufReader::new(stdout));
     let _ = script.wait();
-    let folded =
-        folded.with_context(|| format!("perf recorded no samples in {}", data.display()))?;
-    draw(&folded, svg, title)
+    let folded = folded?;
+    if folded.is_empty() {
+        return Ok(false);
+    }
+    draw(&folded, svg, title)?;
+    Ok(true)
 }
