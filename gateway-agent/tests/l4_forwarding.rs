@@ -1066,8 +1066,9 @@ fn ports_left_in_backend_time_wait_are_the_last_resort() {
     drop(bpffs);
 }
 
-/// With the SNAT port range exhausted for a backend, a new flow is dropped and counted under
-/// `no_snat_port` (not handed to the stack), while the flows holding the ports keep working.
+/// With the SNAT port range held by active flows for a backend, a new flow is dropped and counted
+/// under `no_snat_port` (not handed to the stack), while the flows holding the ports keep
+/// working.
 #[test]
 fn exhausted_snat_ports_drop_new_flows_counted() {
     let (topo, _bpffs, _dir, agent) = two_snat_ports_agent("snat", &config(&[backend_v4(1)]));
@@ -1117,6 +1118,70 @@ fn exhausted_snat_ports_drop_new_flows_counted() {
     })
     .expect("no_snat_port counter");
     assert_eq!(drops, 1.0, "one datagram found no port");
+}
+
+/// With both SNAT ports held by UDP flows idle past a second, a new flow takes one instead of
+/// being dropped, and the flow that lost it is NATed afresh on its next datagram: every client
+/// gets its own answers and nothing else (no reply reaches the wrong socket), and nothing is
+/// dropped.
+#[test]
+fn idle_udp_flows_give_their_port_when_none_is_free() {
+    let (topo, _bpffs, _dir, agent) = two_snat_ports_agent("udpsteal", &config(&[backend_v4(1)]));
+    let vip_udp = SocketAddr::new(GATEWAY_V4.into(), 5353);
+    let strays = topo
+        .client
+        .run(move || {
+            let socks: Vec<_> = (0..3)
+                .map(|_| {
+                    let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+                    s.set_read_timeout(Some(Duration::from_millis(500)))
+                        .unwrap();
+                    s.connect(vip_udp).unwrap();
+                    s
+                })
+                .collect();
+            let ask = |i: usize, what: &str| {
+                let payload = format!("{what}{i}");
+                socks[i].send(payload.as_bytes()).unwrap();
+                let mut buf = [0u8; 64];
+                let n = socks[i]
+                    .recv(&mut buf)
+                    .unwrap_or_else(|e| panic!("flow {i} ({what}) unanswered: {e}"));
+                assert_eq!(&buf[..n], format!("dns:{payload}").as_bytes(), "flow {i}");
+            };
+            // Two flows take the two ports.
+            ask(0, "first");
+            ask(1, "first");
+            std::thread::sleep(Duration::from_millis(1300));
+            // Both idle: the third flow takes one of their ports.
+            ask(2, "first");
+            std::thread::sleep(Duration::from_millis(1300));
+            // The one that lost its port starts afresh, from whichever port is idle now.
+            ask(0, "again");
+            ask(1, "again");
+            // Nobody got anyone else's answer.
+            let mut buf = [0u8; 64];
+            socks
+                .iter()
+                .filter(|s| {
+                    s.set_read_timeout(Some(Duration::from_millis(200)))
+                        .unwrap();
+                    s.recv(&mut buf).is_ok()
+                })
+                .count()
+        })
+        .unwrap();
+    assert_eq!(strays, 0, "a datagram reached a socket that had not asked");
+    let m = agent.metrics().unwrap();
+    assert_eq!(
+        testbed::metric_value(
+            &m,
+            "nodegate_dropped_packets_total",
+            &[("reason", "no_snat_port")]
+        ),
+        Some(0.0),
+        "no datagram was dropped for want of a port\n{m}"
+    );
 }
 
 /// A closed TCP flow gives its SNAT port back once the backend has been quiet for 100 ms (the

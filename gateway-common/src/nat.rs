@@ -100,6 +100,14 @@ pub const FLOW_F_RST: u32 = 4;
 /// per second (4,536 / 10 s with the defaults); with it the cap is about range / 100 ms.
 pub const SNAT_REUSE_AFTER_CLOSE_NS: u64 = 100_000_000;
 
+/// A UDP flow quiet both ways for this long gives up its SNAT port to a new flow that found no
+/// free one, rather than that flow's packet being dropped: the old flow's forward entry is
+/// removed with it, so its next packet is NATed afresh, from another port, as after a conntrack
+/// timeout (no reply can reach the wrong client). Otherwise a UDP flow holds its port for
+/// `--udp-idle-timeout` (30 s), which capped new flows to one backend — a DNS client with a
+/// fresh source port per query — at about range / 30 s, 150 a second with the defaults.
+pub const UDP_SNAT_STEAL_AFTER_NS: u64 = 1_000_000_000;
+
 /// How long a backend that closed first holds its side of the tuple in TIME_WAIT (Linux's
 /// `TCP_TIMEWAIT_LEN`). A new flow given that SNAT port sooner has its SYN refused, by PAWS or
 /// a sequence check, about half the time: the backend answers with an ACK, the client resets

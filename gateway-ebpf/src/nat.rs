@@ -14,7 +14,7 @@ use gateway_common::{
     listener::{FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP},
     nat::{
         BACKEND_TIME_WAIT_NS, FLOW_F_FIN, FLOW_F_REPLY, FLOW_F_RST, FlowKey, FlowNat, MAGLEV_SIZE,
-        SNAT_REUSE_AFTER_CLOSE_NS, backend_time_wait,
+        SNAT_REUSE_AFTER_CLOSE_NS, UDP_SNAT_STEAL_AFTER_NS, backend_time_wait,
     },
 };
 
@@ -36,6 +36,18 @@ pub struct Scratch {
     forward: FlowNat,
     reply: FlowNat,
     fib: FibParams,
+    /// [`pick_port`]'s inputs, kept here rather than in registers it would spill to the stack.
+    probe: Probe,
+}
+
+/// What [`pick_port`] probes: ports `port_min + (base + i * stride) % span`, at time `now`.
+#[repr(C)]
+struct Probe {
+    base: u32,
+    stride: u32,
+    port_min: u32,
+    span: u32,
+    now: u64,
 }
 
 /// See [`Scratch`]. Key 0 only.
@@ -278,39 +290,15 @@ pub fn handle<C: EbpfContext>(
     s.reply_key.proto = p.proto;
     s.reply_key.family = p.family;
     s.reply_key._pad = [0; 2];
-    // Probe a few ports from the flow's hash for one whose reply tuple is free: double hashing
-    // (a stride from the hash's other half), as consecutive probes would pile new flows onto
-    // the runs of taken ports and fail at a quarter full. A port whose backend may still hold
-    // TIME_WAIT is kept as the fallback, taken only if no other is free.
     let base = flow_hash(p).rotate_left(7);
-    let stride = (base >> 16) | 1;
-    let mut found = false;
-    let mut fallback = u32::MAX;
-    for attempt in 0..SNAT_PROBES {
-        let port = port_min + (base.wrapping_add(attempt.wrapping_mul(stride)) % span) as u16;
-        s.reply_key.dport = port;
-        match FLOWS.get_ptr(&s.reply_key) {
-            None => {
-                found = true;
-                break;
-            }
-            // A closed TCP flow gives its port up (the insert below overwrites its reply
-            // entry; the agent ages the orphaned forward entry).
-            Some(e) if p.proto == PROTO_TCP => match reusable(s, e, now) {
-                REUSE_FREE => {
-                    found = true;
-                    break;
-                }
-                REUSE_TIME_WAIT if fallback == u32::MAX => fallback = u32::from(port),
-                _ => {}
-            },
-            Some(_) => {}
-        }
-    }
-    if !found && fallback != u32::MAX {
-        s.reply_key.dport = fallback as u16;
-        found = true;
-    }
+    s.probe = Probe {
+        base,
+        stride: (base >> 16) | 1,
+        port_min: u32::from(port_min),
+        span,
+        now,
+    };
+    let found = pick_port(s);
     if !found {
         // Passing it would hand a packet addressed to a Gateway to the stack, which would
         // refuse it (RST) or route it unNATed; as Cilium does, drop and count.
@@ -349,6 +337,48 @@ pub fn handle<C: EbpfContext>(
     )
 }
 
+/// Probes [`SNAT_PROBES`] ports of the range ([`Probe`]) for one whose reply tuple
+/// (`s.reply_key`, its port set here) is free, from the flow's hash: double hashing (a stride from the hash's other
+/// half), as consecutive probes would pile new flows onto the runs of taken ports and fail at a
+/// quarter full. A port whose backend may still hold TIME_WAIT, or an idle UDP flow's, is kept
+/// as the fallback, taken only if no other is free. Returns whether a port was found. A BPF
+/// subprogram: inlined into `handle`, the loop's state would not fit the 512-byte stack.
+#[inline(never)]
+fn pick_port(s: &mut Scratch) -> bool {
+    // Never 0 (`handle` checks the range), but the division's panic path would end the
+    // subprogram without an exit, which the verifier refuses.
+    let span = s.probe.span.max(1);
+    let mut fallback = u32::MAX;
+    for attempt in 0..SNAT_PROBES {
+        let step = s
+            .probe
+            .base
+            .wrapping_add(attempt.wrapping_mul(s.probe.stride));
+        let port = (s.probe.port_min + step % span) as u16;
+        s.reply_key.dport = port;
+        match FLOWS.get_ptr(&s.reply_key) {
+            None => return true,
+            // A closed TCP flow gives its port up (the insert overwrites its reply entry; the
+            // agent ages the orphaned forward entry).
+            Some(e) => match reusable(s, e) {
+                REUSE_FREE => return true,
+                REUSE_TIME_WAIT | REUSE_IDLE if fallback == u32::MAX => fallback = u32::from(port),
+                _ => {}
+            },
+        }
+    }
+    if fallback == u32::MAX {
+        return false;
+    }
+    s.reply_key.dport = fallback as u16;
+    if s.reply_key.proto == PROTO_UDP {
+        // The idle UDP flow loses its port: without its forward entry its next packet starts a
+        // flow of its own instead of leaving from a port that is now the new flow's.
+        evict_forward(s);
+    }
+    true
+}
+
 /// [`reusable`]: the port is held by a live flow (or one closed less than
 /// [`SNAT_REUSE_AFTER_CLOSE_NS`] ago).
 const REUSE_NO: u32 = 0;
@@ -356,20 +386,14 @@ const REUSE_NO: u32 = 0;
 const REUSE_FREE: u32 = 1;
 /// [`reusable`]: free, but its backend may still hold the old tuple in TIME_WAIT.
 const REUSE_TIME_WAIT: u32 = 2;
+/// [`reusable`]: held by a UDP flow idle past [`UDP_SNAT_STEAL_AFTER_NS`]; taken only if no
+/// probe found a free port, and then with [`evict_forward`].
+const REUSE_IDLE: u32 = 3;
 
-/// Whether the SNAT port of the old TCP flow whose reply entry is `reply` (keyed `s.reply_key`)
-/// may go to a new flow (whose key is `s.key`). At once if the old flow had the same tuple.
-/// Otherwise not before nothing has come from the backend for
-/// [`SNAT_REUSE_AFTER_CLOSE_NS`] (conntrack's TIME_WAIT, which gives way to a new SYN); then
-/// free if the reply entry is orphaned (its forward entry gone, or NATed afresh to another port)
-/// or the flow closed (a RST either way or a FIN each way) — unless the backend closed first and
-/// may still hold TIME_WAIT ([`backend_time_wait`], for [`BACKEND_TIME_WAIT_NS`]). The agent's
-/// aging (`aging::expired`) judges a flow closed the same way. A BPF subprogram of its own:
-/// inlined, its copies would push `handle` past the 512-byte stack.
-#[inline(never)]
-fn reusable(s: &mut Scratch, reply: *const FlowNat, now: u64) -> u32 {
-    let reply = unsafe { &*reply };
-    // The old flow's forward entry: the tuple its reply entry rewrites to, reversed.
+/// Sets `s.old_key` to the forward key of the flow whose reply entry is `reply`: the tuple the
+/// reply entry rewrites to, reversed.
+#[inline(always)]
+fn old_forward_key(s: &mut Scratch, reply: &FlowNat) {
     s.old_key.src = reply.new_dst;
     s.old_key.dst = reply.new_src;
     s.old_key.sport = reply.new_dport;
@@ -377,6 +401,37 @@ fn reusable(s: &mut Scratch, reply: *const FlowNat, now: u64) -> u32 {
     s.old_key.proto = s.reply_key.proto;
     s.old_key.family = s.reply_key.family;
     s.old_key._pad = [0; 2];
+}
+
+/// Removes the forward entry of the flow whose reply entry is at `s.reply_key` (an idle UDP flow
+/// whose port a new flow takes). A BPF subprogram, like [`pick_port`], for the stack's sake.
+#[inline(never)]
+fn evict_forward(s: &mut Scratch) {
+    let Some(reply) = FLOWS.get_ptr(&s.reply_key) else {
+        return;
+    };
+    old_forward_key(s, unsafe { &*reply });
+    let _ = FLOWS.remove(&s.old_key);
+}
+
+/// Whether the SNAT port of the old flow whose reply entry is `reply` (keyed `s.reply_key`)
+/// may go to a new flow (whose key is `s.key`):
+/// - at once if the old flow had the same tuple;
+/// - otherwise never before nothing has come from the backend for
+///   [`SNAT_REUSE_AFTER_CLOSE_NS`]; then free if the reply entry is orphaned (its forward entry
+///   gone, or NATed afresh to another port);
+/// - a UDP flow's only once idle both ways past [`UDP_SNAT_STEAL_AFTER_NS`], as the last resort;
+/// - a TCP flow's once closed (a RST either way or a FIN each way, as conntrack's TIME_WAIT gives
+///   way to a new SYN), as the last resort while the backend, if it closed first, may still hold
+///   TIME_WAIT ([`backend_time_wait`], for [`BACKEND_TIME_WAIT_NS`]).
+///
+/// The agent's aging (`aging::expired`) judges a flow closed the same way. A BPF subprogram:
+/// inlined, [`pick_port`]'s sixteen copies of it take the verifier far longer.
+#[inline(never)]
+fn reusable(s: &mut Scratch, reply: *const FlowNat) -> u32 {
+    let reply = unsafe { &*reply };
+    let now = s.probe.now;
+    old_forward_key(s, reply);
     // The port was this very tuple's (a SYN reopening its closed flow, or retried after the
     // client reset a refused one): the backend sees the same tuple again, as through conntrack.
     if s.old_key.sport == s.key.sport
@@ -399,6 +454,14 @@ fn reusable(s: &mut Scratch, reply: *const FlowNat, now: u64) -> u32 {
         || !same_addr(&forward.new_dst, &s.reply_key.src)
     {
         return REUSE_FREE;
+    }
+    if s.reply_key.proto == PROTO_UDP {
+        let idle = now.saturating_sub(forward.last_seen_ns).min(quiet);
+        return if idle > UDP_SNAT_STEAL_AFTER_NS {
+            REUSE_IDLE
+        } else {
+            REUSE_NO
+        };
     }
     let closed = (forward.flags | reply.flags) & FLOW_F_RST != 0
         || forward.flags & reply.flags & FLOW_F_FIN != 0;
