@@ -45,20 +45,9 @@ const UDP_DATAGRAMS: usize = 50;
 
 /// Sum of the "packets" fields of every CPU's value in a `bpftool -j map dump` of a per-CPU array.
 fn pinned_packets(bpffs: &std::path::Path) -> u64 {
-    let json = testbed::sh(
-        "bpftool",
-        &[
-            "-j",
-            "map",
-            "dump",
-            "pinned",
-            &bpffs.join("LISTENER_STATS").to_string_lossy(),
-        ],
-    )
-    .expect("bpftool map dump");
-    let v: serde_json::Value = serde_json::from_str(&json).expect("bpftool JSON");
+    let entries = support::pinned_map_entries(bpffs, "LISTENER_STATS").expect("bpftool map dump");
     let mut total = 0;
-    for entry in v.as_array().expect("array of entries") {
+    for entry in &entries {
         // With BTF, bpftool adds a "formatted" rendering with the field names.
         for per_cpu in entry["formatted"]["values"]
             .as_array()

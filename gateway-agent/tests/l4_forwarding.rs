@@ -326,22 +326,7 @@ fn connection_table_is_bounded_under_a_flood() {
         })
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    let json = testbed::sh(
-        "bpftool",
-        &[
-            "-j",
-            "map",
-            "dump",
-            "pinned",
-            &agent.bpffs.join("FLOWS").to_string_lossy(),
-        ],
-    )
-    .unwrap();
-    let entries = serde_json::from_str::<serde_json::Value>(&json)
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .len();
+    let entries = flow_count(&agent.bpffs);
     assert!(entries <= 512, "FLOWS holds {entries} entries, bound 512");
     assert!(entries >= 256, "the flood did create flows ({entries})");
     // New flows still work after the flood.
@@ -354,22 +339,7 @@ fn connection_table_is_bounded_under_a_flood() {
 }
 
 fn flow_count(bpffs: &std::path::Path) -> usize {
-    let json = testbed::sh(
-        "bpftool",
-        &[
-            "-j",
-            "map",
-            "dump",
-            "pinned",
-            &bpffs.join("FLOWS").to_string_lossy(),
-        ],
-    )
-    .unwrap();
-    serde_json::from_str::<serde_json::Value>(&json)
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .len()
+    support::pinned_map_entries(bpffs, "FLOWS").unwrap().len()
 }
 
 /// Idle UDP flows and closed TCP flows leave the table (both directions), open ones stay.
@@ -977,20 +947,8 @@ fn a_reused_client_port_opens_a_flow_of_its_own() {
 
 /// The SNAT port the forward entry of the flow from client port `cport` to the VIP rewrites to.
 fn snat_port_of(bpffs: &std::path::Path, cport: u16) -> Option<u64> {
-    let json = testbed::sh(
-        "bpftool",
-        &[
-            "-j",
-            "map",
-            "dump",
-            "pinned",
-            &bpffs.join("FLOWS").to_string_lossy(),
-        ],
-    )
-    .unwrap();
-    let entries: serde_json::Value = serde_json::from_str(&json).unwrap();
-    // With BTF, bpftool adds a "formatted" rendering with the field names.
-    entries.as_array()?.iter().find_map(|e| {
+    let entries = support::pinned_map_entries(bpffs, "FLOWS").unwrap();
+    entries.iter().find_map(|e| {
         let e = &e["formatted"];
         (e["key"]["sport"].as_u64() == Some(u64::from(cport)))
             .then(|| e["value"]["new_sport"].as_u64())
@@ -1066,6 +1024,20 @@ fn ports_left_in_backend_time_wait_are_the_last_resort() {
     drop(bpffs);
 }
 
+/// `n` UDP sockets connected to `vip`, each its own flow (its own source port), reading with a
+/// 500 ms timeout.
+fn udp_flows(n: usize, vip: SocketAddr) -> Vec<std::net::UdpSocket> {
+    (0..n)
+        .map(|_| {
+            let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(500)))
+                .unwrap();
+            s.connect(vip).unwrap();
+            s
+        })
+        .collect()
+}
+
 /// With the SNAT port range held by active flows for a backend, a new flow is dropped and counted
 /// under `no_snat_port` (not handed to the stack), while the flows holding the ports keep
 /// working.
@@ -1077,15 +1049,7 @@ fn exhausted_snat_ports_drop_new_flows_counted() {
         .client
         .run(move || {
             // Three flows (three source ports) to one backend; two SNAT ports.
-            let socks: Vec<_> = (0..3)
-                .map(|_| {
-                    let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
-                    s.set_read_timeout(Some(Duration::from_millis(500)))
-                        .unwrap();
-                    s.connect(vip_udp).unwrap();
-                    s
-                })
-                .collect();
+            let socks = udp_flows(3, vip_udp);
             let mut answered = Vec::new();
             for (i, s) in socks.iter().enumerate() {
                 s.send(format!("f{i}").as_bytes()).unwrap();
@@ -1131,15 +1095,7 @@ fn idle_udp_flows_give_their_port_when_none_is_free() {
     let strays = topo
         .client
         .run(move || {
-            let socks: Vec<_> = (0..3)
-                .map(|_| {
-                    let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
-                    s.set_read_timeout(Some(Duration::from_millis(500)))
-                        .unwrap();
-                    s.connect(vip_udp).unwrap();
-                    s
-                })
-                .collect();
+            let socks = udp_flows(3, vip_udp);
             let ask = |i: usize, what: &str| {
                 let payload = format!("{what}{i}");
                 socks[i].send(payload.as_bytes()).unwrap();

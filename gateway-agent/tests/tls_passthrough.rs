@@ -165,16 +165,7 @@ spec:
         service("a", a_port),
         service("w", w_port)
     );
-    let config = ConfigDir::new("tls", &[("all.yaml", &yaml)]).unwrap();
-    let bpffs = TempBpffs::mount("tls").unwrap();
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let agent = Agent::start_local_with(
-        &bpffs,
-        config.path(),
-        admin,
-        &["--passthrough-splice", mode],
-    )
-    .expect("agent starts");
+    let gw = PassthroughAgent::start("tls", mode, gw_port, &yaml);
 
     // The exact hostname reaches backend a; the client verifies a's own certificate end to end.
     let out = client(gw_port, Some("a.example.com"), &a_cert);
@@ -208,7 +199,7 @@ spec:
     }
     if mode == "sockmap" {
         assert!(
-            splice_bytes(&agent) > 0,
+            splice_bytes(&gw.agent) > 0,
             "the backends' answers went through the kernel splice"
         );
     }
@@ -226,19 +217,7 @@ fn sni_steering_userspace() {
 
 /// Bytes counted by the splice program, from the pinned per-CPU map.
 fn splice_bytes(agent: &Agent) -> u64 {
-    let json = testbed::sh(
-        "bpftool",
-        &[
-            "-j",
-            "map",
-            "dump",
-            "pinned",
-            &agent.bpffs.join("SPLICE_STATS").to_string_lossy(),
-        ],
-    )
-    .unwrap();
-    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
-    v.as_array()
+    support::pinned_map_entries(&agent.bpffs, "SPLICE_STATS")
         .unwrap()
         .iter()
         .flat_map(|e| {
@@ -342,8 +321,8 @@ spec:
     )
 }
 
-/// An agent serving [`passthrough_config`] towards `backend_port` on a fresh listener port,
-/// relaying in `mode`. Fields drop in order: the agent stops before its bpffs and config go.
+/// An agent serving TLS passthrough ([`passthrough_config`], or the test's own config), relaying
+/// in one mode. Fields drop in order: the agent stops before its bpffs and config go.
 struct PassthroughAgent {
     agent: Agent,
     _bpffs: TempBpffs,
@@ -352,28 +331,32 @@ struct PassthroughAgent {
     port: u16,
 }
 
+impl PassthroughAgent {
+    /// An agent serving `yaml`, whose TLS listener is on `port`, relaying in `mode`.
+    fn start(tag: &str, mode: &str, port: u16, yaml: &str) -> Self {
+        let config = ConfigDir::new(&format!("{tag}-{mode}"), &[("all.yaml", yaml)]).unwrap();
+        let bpffs = TempBpffs::mount(tag).unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let agent = Agent::start_local_with(
+            &bpffs,
+            config.path(),
+            admin,
+            &["--passthrough-splice", mode],
+        )
+        .expect("agent starts");
+        PassthroughAgent {
+            agent,
+            _bpffs: bpffs,
+            config,
+            port,
+        }
+    }
+}
+
+/// An agent serving [`passthrough_config`] towards `backend_port` on a fresh listener port.
 fn passthrough_agent(tag: &str, mode: &str, backend_port: u16) -> PassthroughAgent {
     let port = free_port();
-    let config = ConfigDir::new(
-        &format!("{tag}-{mode}"),
-        &[("all.yaml", &passthrough_config(port, backend_port))],
-    )
-    .unwrap();
-    let bpffs = TempBpffs::mount(tag).unwrap();
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let agent = Agent::start_local_with(
-        &bpffs,
-        config.path(),
-        admin,
-        &["--passthrough-splice", mode],
-    )
-    .expect("agent");
-    PassthroughAgent {
-        agent,
-        _bpffs: bpffs,
-        config,
-        port,
-    }
+    PassthroughAgent::start(tag, mode, port, &passthrough_config(port, backend_port))
 }
 
 /// How the bulk client talks.
@@ -492,22 +475,10 @@ fn bulk_and_churn(mode: &str, talk: Client, blocks: u64) {
     .expect("no fd leaked");
     if mode == "sockmap" {
         testbed::wait_for(Duration::from_secs(10), "SPLICE_PEERS empty", || {
-            let json = testbed::sh(
-                "bpftool",
-                &[
-                    "-j",
-                    "map",
-                    "dump",
-                    "pinned",
-                    &gw.agent.bpffs.join("SPLICE_PEERS").to_string_lossy(),
-                ],
-            )
-            .ok()?;
-            (serde_json::from_str::<serde_json::Value>(&json)
+            support::pinned_map_entries(&gw.agent.bpffs, "SPLICE_PEERS")
                 .ok()?
-                .as_array()?
-                .is_empty())
-            .then_some(())
+                .is_empty()
+                .then_some(())
         })
         .expect("no map entry leaked");
     }

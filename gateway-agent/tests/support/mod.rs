@@ -15,6 +15,25 @@ use testbed::{GATEWAY_CLIENT_IFACE, TempBpffs, Topology};
 /// The admin endpoint inside the gateway namespace.
 pub const ADMIN: &str = "127.0.0.1:9901";
 
+/// The entries of the BPF map pinned at `bpffs/<map>`, as `bpftool -j map dump` prints them
+/// (with BTF, each has a "formatted" rendering with the field names).
+pub fn pinned_map_entries(bpffs: &Path, map: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+    let json = testbed::sh(
+        "bpftool",
+        &[
+            "-j",
+            "map",
+            "dump",
+            "pinned",
+            &bpffs.join(map).to_string_lossy(),
+        ],
+    )?;
+    match serde_json::from_str(&json).context("bpftool JSON")? {
+        serde_json::Value::Array(entries) => Ok(entries),
+        other => bail!("bpftool printed {other}, not an array of entries"),
+    }
+}
+
 /// A YAML config directory written for one test, removed on drop.
 pub struct ConfigDir {
     path: PathBuf,
