@@ -115,6 +115,14 @@ pub const UDP_SNAT_STEAL_AFTER_NS: u64 = 1_000_000_000;
 /// is at hand, and the agent keeps its entries until this has passed.
 pub const BACKEND_TIME_WAIT_NS: u64 = 60_000_000_000;
 
+/// Whether a TCP flow whose two entries carry `flags` and `other_flags` has closed: a RST either
+/// way, or a FIN each way. Judged the same by the kernel (a closed flow's SNAT port may go to a
+/// new flow) and the agent (a closed flow ages by `--tcp-closed-timeout`).
+#[inline(always)]
+pub fn flow_closed(flags: u32, other_flags: u32) -> bool {
+    (flags | other_flags) & FLOW_F_RST != 0 || flags & other_flags & FLOW_F_FIN != 0
+}
+
 /// Whether a closed TCP flow, given its forward (client → backend) and reply entries, has left
 /// the backend in TIME_WAIT: the side that closes first ends in TIME_WAIT and sends the flow's
 /// last packet (the ACK of the other side's FIN), so the backend closed first when its reply

@@ -14,7 +14,7 @@ use gateway_common::{
     listener::{FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP},
     nat::{
         BACKEND_TIME_WAIT_NS, FLOW_F_FIN, FLOW_F_REPLY, FLOW_F_RST, FlowKey, FlowNat, MAGLEV_SIZE,
-        SNAT_REUSE_AFTER_CLOSE_NS, UDP_SNAT_STEAL_AFTER_NS, backend_time_wait,
+        SNAT_REUSE_AFTER_CLOSE_NS, UDP_SNAT_STEAL_AFTER_NS, backend_time_wait, flow_closed,
     },
 };
 
@@ -463,9 +463,7 @@ fn reusable(s: &mut Scratch, reply: *const FlowNat) -> u32 {
             REUSE_NO
         };
     }
-    let closed = (forward.flags | reply.flags) & FLOW_F_RST != 0
-        || forward.flags & reply.flags & FLOW_F_FIN != 0;
-    if !closed {
+    if !flow_closed(forward.flags, reply.flags) {
         REUSE_NO
     } else if quiet <= BACKEND_TIME_WAIT_NS && backend_time_wait(forward, reply) {
         REUSE_TIME_WAIT

@@ -11,7 +11,7 @@ use gateway_common::{
     map_names,
     nat::{
         BACKEND_TIME_WAIT_NS, FLOW_F_FIN, FLOW_F_REPLY, FLOW_F_RST, FlowKey, FlowNat,
-        backend_time_wait,
+        backend_time_wait, flow_closed,
     },
 };
 
@@ -57,42 +57,37 @@ pub fn sweep(ebpf: &mut Ebpf, now_ns: u64, t: Timeouts) -> anyhow::Result<usize>
             .context("FLOWS map missing")?,
     )?;
     let entries: Vec<(FlowKey, FlowNat)> = flows.iter().filter_map(Result::ok).collect();
-    let doomed = expired(&entries, now_ns, t);
-    let seen: std::collections::HashMap<[u8; 40], u64> = entries
-        .iter()
-        .map(|(k, v)| (key_bytes(k), v.last_seen_ns))
-        .collect();
     let mut removed = 0;
-    for key in doomed {
+    for (key, snapshot) in expired(&entries, now_ns, t) {
         // The kernel may have reused the key since the snapshot (a SNAT port given to a new
         // flow, a client port reopened): a newer last_seen means a live flow, which stays.
         let still_stale = flows
-            .get(&key, 0)
-            .is_ok_and(|now| Some(&now.last_seen_ns) == seen.get(&key_bytes(&key)));
-        if still_stale && flows.remove(&key).is_ok() {
+            .get(key, 0)
+            .is_ok_and(|now| now.last_seen_ns == snapshot.last_seen_ns);
+        if still_stale && flows.remove(key).is_ok() {
             removed += 1;
         }
     }
     Ok(removed)
 }
 
-/// The entries of `entries` whose flow has been idle past its timeout at `now_ns`. An entry's
+/// The entries of `entries` whose flow has been idle past its timeout at `now_ns` (as read, so
+/// the sweep can tell whether the kernel has touched them since). An entry's
 /// partner counts only if it points back: once the kernel has given a closed flow's SNAT port
 /// to a new flow, the old forward entry's partner key holds the new flow's reply entry, and the
 /// old entry is an orphan, aged on its own (closed if it saw a FIN or RST).
-fn expired(entries: &[(FlowKey, FlowNat)], now_ns: u64, t: Timeouts) -> Vec<FlowKey> {
+fn expired(entries: &[(FlowKey, FlowNat)], now_ns: u64, t: Timeouts) -> Vec<&(FlowKey, FlowNat)> {
     let lookup: std::collections::HashMap<[u8; 40], FlowNat> =
         entries.iter().map(|(k, v)| (key_bytes(k), *v)).collect();
     let mut doomed = Vec::new();
-    for (key, nat) in entries {
+    for entry @ (key, nat) in entries {
         let other_key = partner(key, nat);
         let other = lookup
             .get(&key_bytes(&other_key))
             .filter(|o| partner(&other_key, o) == *key);
         let last_seen = other.map_or(nat.last_seen_ns, |o| o.last_seen_ns.max(nat.last_seen_ns));
-        let flags = nat.flags | other.map_or(0, |o| o.flags);
         let closed = match other {
-            Some(o) => flags & FLOW_F_RST != 0 || (nat.flags & o.flags & FLOW_F_FIN != 0),
+            Some(o) => flow_closed(nat.flags, o.flags),
             None => nat.flags & (FLOW_F_RST | FLOW_F_FIN) != 0,
         };
         // A backend that closed first holds TIME_WAIT: the kernel hands the port to a new flow
@@ -115,7 +110,7 @@ fn expired(entries: &[(FlowKey, FlowNat)], now_ns: u64, t: Timeouts) -> Vec<Flow
             t.tcp_idle
         };
         if now_ns.saturating_sub(last_seen) > limit.as_nanos() as u64 {
-            doomed.push(*key);
+            doomed.push(entry);
         }
     }
     doomed
@@ -224,7 +219,7 @@ mod tests {
             entries.extend(pair);
         }
         entries.push(old_forward);
-        let mut doomed = expired(&entries, now, T);
+        let mut doomed: Vec<FlowKey> = expired(&entries, now, T).iter().map(|e| e.0).collect();
         doomed.sort_by_key(|k| (k.sport, k.dport));
         let mut want = vec![closed[0].0, old_forward.0, closed[1].0];
         want.sort_by_key(|k| (k.sport, k.dport));
@@ -259,7 +254,7 @@ mod tests {
             (closed_by(2003, 62003, now - 20 * SEC, true, rst), true),
         ];
         let entries: Vec<_> = cases.iter().flat_map(|(pair, _)| *pair).collect();
-        let doomed = expired(&entries, now, T);
+        let doomed: Vec<FlowKey> = expired(&entries, now, T).iter().map(|e| e.0).collect();
         for (pair, gone) in cases {
             for (key, _) in pair {
                 assert_eq!(
