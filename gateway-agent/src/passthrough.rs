@@ -490,9 +490,9 @@ fn bytes_written(socket: &impl std::os::fd::AsFd) -> Option<u64> {
 }
 
 /// Passes a FIN from socket `from` (0: client, 1: upstream) on to `to` once `to` has taken every
-/// byte the kernel redirected towards it: redirected bytes wait in the kernel's psock queue for a moment, and a shutdown before they
-/// are written would lose them. Gives up waiting after a few seconds (a peer that stopped
-/// reading), and shuts down anyway.
+/// byte the kernel redirected towards it: redirected bytes wait in the kernel's psock queue for
+/// a moment, and a shutdown before they are written would lose them. Gives up waiting after a
+/// few seconds (a peer that stopped reading), and shuts down anyway.
 async fn half_close(guard: &crate::dataplane::Spliced<'_>, from: usize, to: &std::net::TcpStream) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
