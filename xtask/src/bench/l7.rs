@@ -10,7 +10,8 @@
 //! [`LOAD_CPU`](super::LOAD_CPU), with the backend.
 //!
 //! Figures: req/s and p50/p99/p99.9 latency (wrk's histogram, through a `done()` script), h2c
-//! req/s, proxy CPU µs per request (utime+stime of every proxy process over the window) and the
+//! req/s, proxy CPU µs per request (utime+stime of every proxy process over the window; utime
+//! alone is its userspace share, the rest is the kernel's TCP work charged to the proxy) and the
 //! req/s one proxy CPU second buys, idle RSS (VmRSS before any load) and peak RSS (VmHWM after).
 
 use std::{net::SocketAddr, path::Path, time::Duration};
@@ -63,6 +64,11 @@ const COLUMNS: &[Column] = &[
     Column {
         key: "cpu_us_per_req",
         label: "proxy CPU µs/req",
+        digits: 2,
+    },
+    Column {
+        key: "user_us_per_req",
+        label: "of which user µs/req",
         digits: 2,
     },
     Column {
@@ -296,9 +302,10 @@ fn measure(
             }
             _ => None,
         };
-        let cpu = sys::CpuWindow::start(&pids);
+        let (cpu, user0) = (sys::CpuWindow::start(&pids), sys::user_seconds(&pids));
         let w = wrk(ns, p.h1, window, script)?;
         let (proxy_cpu, _) = cpu.end(&pids);
+        let proxy_user = sys::user_seconds(&pids) - user0;
         if let (Some(session), Some(rec)) = (session, &ctx.flame) {
             rec.finish(session)?;
         }
@@ -316,6 +323,10 @@ fn measure(
         s.push(
             "cpu_us_per_req",
             (w.requests > 0).then(|| proxy_cpu * 1e6 / w.requests as f64),
+        );
+        s.push(
+            "user_us_per_req",
+            (w.requests > 0).then(|| proxy_user * 1e6 / w.requests as f64),
         );
         s.push(
             "rps_per_cpu_s",

@@ -23,14 +23,23 @@ pub fn clock_ticks() -> f64 {
 
 /// utime + stime of `pid` in seconds (0 when it is gone).
 pub fn process_cpu_seconds(pid: u32) -> f64 {
+    let (user, system) = process_times(pid);
+    user + system
+}
+
+/// (utime, stime) of `pid` in seconds ((0, 0) when it is gone).
+fn process_times(pid: u32) -> (f64, f64) {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
+        return (0.0, 0.0);
     };
     // Fields after the parenthesised comm: state is field 3, utime 14, stime 15.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    (ticks(11) + ticks(12)) as f64 / clock_ticks()
+    (
+        ticks(11) as f64 / clock_ticks(),
+        ticks(12) as f64 / clock_ticks(),
+    )
 }
 
 fn parent_of(pid: u32) -> Option<u32> {
@@ -57,6 +66,11 @@ pub fn process_tree(pid: u32) -> Vec<u32> {
 /// Sum of utime + stime over `pids`, seconds.
 pub fn cpu_seconds(pids: &[u32]) -> f64 {
     pids.iter().map(|p| process_cpu_seconds(*p)).sum()
+}
+
+/// Sum of utime alone over `pids`, seconds: the userspace share of [`cpu_seconds`].
+pub fn user_seconds(pids: &[u32]) -> f64 {
+    pids.iter().map(|p| process_times(*p).0).sum()
 }
 
 /// A `/proc/PID/status` field in kB (VmRSS, VmHWM), summed over `pids`, as MiB.
