@@ -4,6 +4,11 @@
 //! reverse for replies) with incremental checksum updates, then forwarded to the next hop found by
 //! `bpf_fib_lookup`. ICMPv4/ICMPv6 errors about a NATed flow are translated back to its client.
 //! Anything it cannot forward goes to the stack untouched.
+#![allow(
+    clippy::needless_borrows_for_generic_args,
+    reason = "flow keys live in the per-CPU SCRATCH map to keep them off the 512-byte BPF stack; \
+              passing them by value, as the lint asks, would copy them onto it"
+)]
 
 use aya_ebpf::{
     EbpfContext,
