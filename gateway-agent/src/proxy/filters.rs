@@ -74,15 +74,32 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
         return;
     }
-    let named: Vec<String> = headers
+    // Other names the Connection header lists. The usual `Connection: keep-alive` (every
+    // keep-alive backend response) and `close` name nothing beyond the fixed set, so they
+    // allocate nothing.
+    let mut named: Vec<HeaderName> = Vec::new();
+    for value in headers
         .get_all(http::header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|s| s.trim().to_ascii_lowercase())
-        .collect();
+    {
+        for token in value.split(',').map(str::trim) {
+            if token.is_empty()
+                || token.eq_ignore_ascii_case("close")
+                || HOP_BY_HOP
+                    .iter()
+                    .any(|h| h.as_str().eq_ignore_ascii_case(token))
+            {
+                continue;
+            }
+            // from_bytes lowercases, as header names compare.
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                named.push(name);
+            }
+        }
+    }
     for name in named {
-        headers.remove(name.as_str());
+        headers.remove(name);
     }
     for name in &HOP_BY_HOP {
         headers.remove(name);
@@ -183,9 +200,12 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(
             "connection",
-            HeaderValue::from_static("keep-alive, x-private"),
+            HeaderValue::from_static("keep-alive, X-Private,close"),
         );
+        h.append("connection", HeaderValue::from_static("x-other"));
         h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert("x-other", HeaderValue::from_static("1"));
+        h.insert("proxy-authorization", HeaderValue::from_static("secret"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("x-kept", HeaderValue::from_static("1"));
         strip_hop_by_hop(&mut h);
