@@ -471,7 +471,7 @@ fn udp_run(
     stop.store(true, Ordering::Relaxed);
     let _ = sender.join();
     std::thread::sleep(Duration::from_millis(100));
-    let (_, busy) = cpu.end(&[]);
+    let busy = cpu.end(&[]).machine;
     Ok((received.load(Ordering::Relaxed) - before, busy))
 }
 

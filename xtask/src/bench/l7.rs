@@ -302,10 +302,10 @@ fn measure(
             }
             _ => None,
         };
-        let (cpu, user0) = (sys::CpuWindow::start(&pids), sys::user_seconds(&pids));
+        let cpu = sys::CpuWindow::start(&pids);
         let w = wrk(ns, p.h1, window, script)?;
-        let (proxy_cpu, _) = cpu.end(&pids);
-        let proxy_user = sys::user_seconds(&pids) - user0;
+        let spent = cpu.end(&pids);
+        let (proxy_cpu, proxy_user) = (spent.process, spent.user);
         if let (Some(session), Some(rec)) = (session, &ctx.flame) {
             rec.finish(session)?;
         }
@@ -335,7 +335,7 @@ fn measure(
         let cpu = sys::CpuWindow::start(&pids);
         match h2load(ns, p.h2c, window) {
             Ok((done, rps)) => {
-                let (proxy_cpu, _) = cpu.end(&pids);
+                let proxy_cpu = cpu.end(&pids).process;
                 s.push("h2c_rps", Some(rps));
                 s.push(
                     "h2c_cpu_us_per_req",

@@ -68,9 +68,11 @@ pub fn cpu_seconds(pids: &[u32]) -> f64 {
     pids.iter().map(|p| process_cpu_seconds(*p)).sum()
 }
 
-/// Sum of utime alone over `pids`, seconds: the userspace share of [`cpu_seconds`].
-pub fn user_seconds(pids: &[u32]) -> f64 {
-    pids.iter().map(|p| process_times(*p).0).sum()
+/// Sums of (utime, stime) over `pids`, seconds.
+fn user_system_seconds(pids: &[u32]) -> (f64, f64) {
+    pids.iter()
+        .map(|p| process_times(*p))
+        .fold((0.0, 0.0), |(u, s), (pu, ps)| (u + pu, s + ps))
 }
 
 /// A `/proc/PID/status` field in kB (VmRSS, VmHWM), summed over `pids`, as MiB.
@@ -133,25 +135,42 @@ pub fn kernel_thread_seconds() -> f64 {
 /// CPU time over a window: of some processes, and of the whole machine.
 #[derive(Debug, Clone, Copy)]
 pub struct CpuWindow {
-    process: f64,
+    user: f64,
+    system: f64,
     machine: f64,
+}
+
+/// What a [`CpuWindow`] measured, in seconds.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuSpent {
+    /// utime + stime of the processes.
+    pub process: f64,
+    /// utime alone: the processes' userspace share of `process`.
+    pub user: f64,
+    /// Whole-machine busy time.
+    pub machine: f64,
 }
 
 impl CpuWindow {
     /// Starts a window over `pids` (may be empty).
     pub fn start(pids: &[u32]) -> Self {
+        let (user, system) = user_system_seconds(pids);
         CpuWindow {
-            process: cpu_seconds(pids),
+            user,
+            system,
             machine: machine_busy_seconds(),
         }
     }
 
-    /// (process CPU seconds, machine busy seconds) since the start.
-    pub fn end(&self, pids: &[u32]) -> (f64, f64) {
-        (
-            cpu_seconds(pids) - self.process,
-            machine_busy_seconds() - self.machine,
-        )
+    /// What was spent since the start.
+    pub fn end(&self, pids: &[u32]) -> CpuSpent {
+        let (user, system) = user_system_seconds(pids);
+        let user = user - self.user;
+        CpuSpent {
+            process: user + system - self.system,
+            user,
+            machine: machine_busy_seconds() - self.machine,
+        }
     }
 }
 

@@ -371,7 +371,8 @@ fn measure(
         let (bytes0, cpu) = (total_bytes(), sys::CpuWindow::start(&pids));
         let (own0, kernel0) = (sys::cpu_seconds(&own_pids), sys::kernel_thread_seconds());
         std::thread::sleep(window);
-        let (gw_cpu, machine_cpu) = cpu.end(&pids);
+        let spent = cpu.end(&pids);
+        let (gw_cpu, machine_cpu) = (spent.process, spent.machine);
         let own_cpu = sys::cpu_seconds(&own_pids) - own0 + sys::kernel_thread_seconds() - kernel0;
         let bytes = total_bytes() - bytes0;
         if let (Some(session), Some(rec)) = (session, &ctx.flame) {
