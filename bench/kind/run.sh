@@ -5,7 +5,7 @@
 #
 #   bench/kind/run.sh                  # build, create the cluster, measure, delete the cluster
 #   KEEP_CLUSTER=1 bench/kind/run.sh   # leave the cluster up afterwards
-#   DURATION=10 RUNS=3 GATEWAY_API_VERSION=v1.4.0 OUT=bench/results/kind bench/kind/run.sh
+#   DURATION=10 RUNS=3 GATEWAY_API_VERSION=v1.5.1 OUT=bench/results/kind bench/kind/run.sh
 #
 # Rows: kube-proxy (ClusterIP, iptables) vs nodegate (the Gateway's address) for HTTP (wrk),
 # TCP and UDP (iperf3), from a client pod on the other worker than the backends. Flame graphs:
@@ -19,7 +19,7 @@ repo="$(cd "$here/../.." && pwd)"
 cluster="${CLUSTER:-nodegate-bench}"
 duration="${DURATION:-10}"
 runs="${RUNS:-3}"
-gateway_api_version="${GATEWAY_API_VERSION:-v1.4.0}"
+gateway_api_version="${GATEWAY_API_VERSION:-v1.5.1}"
 out="${OUT:-$repo/bench/results/kind}"
 image="nodegate/gateway-agent:latest"
 ns="nodegate-bench"

@@ -1,5 +1,7 @@
 //! `cargo xtask bench`: benchmarks (never tests). Each benchmark runs its peers side by side in one
-//! invocation, `--runs` times each after a warm-up, and reports the median and the spread.
+//! invocation, in `--runs` rounds that each measure every peer once (so the host's slow drifts
+//! reach every peer alike), and reports the median and the spread, and ratios to the peer its
+//! goal names taken within each round.
 //!
 //! - [`l4`]: plain forwarding, nftables DNAT+SNAT, haproxy (TCP) and nodegate in each attach mode,
 //!   in testbed's client — gateway — backend namespaces.
@@ -41,7 +43,7 @@ pub struct BenchArgs {
     /// Seconds per measured window.
     #[arg(long, default_value_t = 5)]
     pub duration: u64,
-    /// Measured runs per peer (median and min–max are reported).
+    /// Rounds, each measuring every peer once (median and min–max are reported).
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
     /// Where results.json, results.md and flamegraphs/ go.

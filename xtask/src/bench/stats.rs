@@ -76,6 +76,22 @@ impl Samples {
         }
     }
 
+    /// The last value recorded for `key` (for a single run's samples: that run's value).
+    pub fn last(&self, key: &str) -> Option<f64> {
+        self.values.get(key).and_then(|v| v.last().copied())
+    }
+
+    /// Appends `other`'s values and notes: one round of a benchmark that interleaves its peers
+    /// (every peer once per round), so the host's slow drifts reach every peer alike.
+    pub fn extend(&mut self, other: Samples) {
+        for (k, v) in other.values {
+            self.values.entry(k).or_default().extend(v);
+        }
+        for n in other.notes {
+            self.note(n);
+        }
+    }
+
     /// Adds a note to the row (once).
     pub fn note(&mut self, note: impl Into<String>) {
         let note = note.into();
@@ -95,6 +111,30 @@ impl Samples {
                 .collect(),
             notes: self.notes,
         }
+    }
+}
+
+/// `a / b` when both are known and `b` is positive: a peer's figure against another's measured
+/// in the same round.
+fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    Some(a? / b.filter(|b| *b > 0.0)?)
+}
+
+/// Adds one round of an interleaved benchmark to `all` (one `Samples` per peer, in `round`'s
+/// order), first recording each peer's ratio to a reference peer of the same round: for each
+/// `(key, by, name)` in `against`, `key` divided by peer `by`'s `key`, as `<key>_vs_<name>`.
+pub fn add_round(all: &mut [Samples], mut round: Vec<Samples>, against: &[(&str, usize, &str)]) {
+    let references: Vec<Option<f64>> = against
+        .iter()
+        .map(|(key, by, _)| round.get(*by).and_then(|r| r.last(key)))
+        .collect();
+    for s in &mut round {
+        for ((key, _, name), reference) in against.iter().zip(&references) {
+            s.push(&format!("{key}_vs_{name}"), ratio(s.last(key), *reference));
+        }
+    }
+    for (all, one) in all.iter_mut().zip(round) {
+        all.extend(one);
     }
 }
 
@@ -121,6 +161,34 @@ mod tests {
         assert_eq!((s.median, s.min, s.max), (2.0, 1.0, 3.0));
         assert_eq!(Stat::of(&[1.0, 4.0]).unwrap().median, 2.5);
         assert!(Stat::of(&[]).is_none());
+    }
+
+    #[test]
+    fn rounds_extend_and_pair() {
+        // Two peers, two rounds; peer 1 is the reference.
+        let mut all = vec![Samples::default(), Samples::default()];
+        for (a, b) in [(2.0, 1.0), (9.0, 3.0)] {
+            let round = Vec::from([a, b].map(|v| {
+                let mut one = Samples::default();
+                one.push("x", Some(v));
+                one.note("same note");
+                assert_eq!(one.last("x"), Some(v));
+                one
+            }));
+            add_round(&mut all, round, &[("x", 1, "ref"), ("missing", 1, "ref")]);
+        }
+        let [a, b] = <[Samples; 2]>::try_from(all)
+            .ok()
+            .unwrap()
+            .map(|s| s.into_row("p"));
+        assert_eq!(a.metrics["x"].runs, vec![2.0, 9.0]);
+        assert_eq!(a.metrics["x_vs_ref"].runs, vec![2.0, 3.0]);
+        assert_eq!(b.metrics["x_vs_ref"].runs, vec![1.0, 1.0]);
+        assert!(!a.metrics.contains_key("missing_vs_ref"));
+        assert_eq!(a.notes, vec!["same note".to_string()]);
+        assert_eq!(ratio(Some(3.0), Some(2.0)), Some(1.5));
+        assert_eq!(ratio(Some(3.0), Some(0.0)), None);
+        assert_eq!(ratio(None, Some(2.0)), None);
     }
 
     #[test]

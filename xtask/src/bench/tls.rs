@@ -31,7 +31,7 @@ use super::{
     loopns::LoopNs,
     peers::{self, Peer},
     report::{Column, Section},
-    stats::Samples,
+    stats::{Samples, add_round},
     sys,
 };
 
@@ -89,13 +89,36 @@ const COLUMNS: &[Column] = &[
         digits: 2,
     },
     Column {
+        key: "gib_per_own_cpu_s_vs_haproxy",
+        label: "× haproxy per load+gateway+kernel-thread CPU-s",
+        digits: 2,
+    },
+    Column {
+        key: "gib_per_gateway_added_cpu_s_vs_haproxy",
+        label: "× haproxy per CPU-s over the floor",
+        digits: 2,
+    },
+    Column {
         key: "peak_rss_mib",
         label: "gateway peak RSS MiB",
         digits: 1,
     },
 ];
 
-/// Runs the TLS passthrough benchmark and returns its section.
+/// Every path, in the order each round measures them.
+const PATHS: &[&str] = &[
+    FLOOR,
+    "nodegate sockmap",
+    AUTOTUNED,
+    "nodegate userspace",
+    HAPROXY,
+];
+/// The row the goal compares against.
+const HAPROXY: &str = "haproxy";
+
+/// Runs the TLS passthrough benchmark and returns its section. The paths are interleaved: each
+/// round measures every path once (a fresh gateway each time), so a host that slows down for a
+/// minute slows every path alike, and the ratios to haproxy are taken within a round.
 pub fn run(ctx: &Ctx) -> anyhow::Result<Section> {
     testbed::require_root("`cargo xtask bench tls` (network namespace, BPF programs)")?;
     crate::packages::ensure(super::PEER_TOOLS)?;
@@ -103,27 +126,41 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Section> {
     let ns = &lo.ns;
     let hello = testbed::tls_client_hello(SNI);
     start_backend(ns, hello.len())?;
-    let mut rows = Vec::new();
-    eprintln!("bench tls: {FLOOR}");
-    let floor = measure(ctx, ns, FLOOR, None, &hello, None)?.into_row(FLOOR);
-    let floor_own = floor.metrics.get("own_cpu_s_per_gib").map(|s| s.median);
-    rows.push(floor);
-    for peer in [
-        "nodegate sockmap",
-        AUTOTUNED,
-        "nodegate userspace",
-        "haproxy",
-    ] {
-        eprintln!("bench tls: {peer}");
-        let bpffs = TempBpffs::mount("bench-tls")?;
-        let config = peers::scratch("tls-config")?;
-        let mut gw = start_gateway(ctx, ns, peer, &bpffs, &config)?;
-        peers::wait_listening(&mut gw, ns, local(GATEWAY_PORT))?;
-        let s = measure(ctx, ns, peer, Some(&gw), &hello, floor_own);
-        drop(gw);
-        let _ = std::fs::remove_dir_all(&config);
-        rows.push(s?.into_row(peer));
+    let mut samples: Vec<Samples> = PATHS.iter().map(|_| Samples::default()).collect();
+    for round in 0..ctx.runs() {
+        let mut this: Vec<Samples> = Vec::with_capacity(PATHS.len());
+        for &peer in PATHS {
+            eprintln!("bench tls: round {}/{}: {peer}", round + 1, ctx.runs());
+            let floor_own = this.first().and_then(|f| f.last("own_cpu_s_per_gib"));
+            let s = if peer == FLOOR {
+                measure(ctx, ns, peer, None, &hello, round, None)?
+            } else {
+                let bpffs = TempBpffs::mount("bench-tls")?;
+                let config = peers::scratch("tls-config")?;
+                let mut gw = start_gateway(ctx, ns, peer, &bpffs, &config)?;
+                peers::wait_listening(&mut gw, ns, local(GATEWAY_PORT))?;
+                let s = measure(ctx, ns, peer, Some(&gw), &hello, round, floor_own);
+                drop(gw);
+                let _ = std::fs::remove_dir_all(&config);
+                s?
+            };
+            this.push(s);
+        }
+        let haproxy = PATHS
+            .iter()
+            .position(|p| *p == HAPROXY)
+            .expect("haproxy is a path");
+        let against = [
+            ("gib_per_own_cpu_s", haproxy, "haproxy"),
+            ("gib_per_gateway_added_cpu_s", haproxy, "haproxy"),
+        ];
+        add_round(&mut samples, this, &against);
     }
+    let rows = PATHS
+        .iter()
+        .zip(samples)
+        .map(|(peer, s)| s.into_row(*peer))
+        .collect();
     Ok(Section {
         key: "tls",
         title: "TLS passthrough".into(),
@@ -140,7 +177,11 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Section> {
              tick-based accounting the loopback softirqs are charged to the task they \
              interrupted), which leaves other tenants out. The floor row connects the client straight \
              to the backend; `over the floor` subtracts its load+kernel-thread CPU-s/GiB from \
-             a path's: the CPU the gateway added per GiB. {} runs of {} s{}.",
+             a path's: the CPU the gateway added per GiB, against the floor of the same round. \
+             The paths are interleaved: each of the {} rounds measures every path once, in \
+             the table's order, so slow drifts of the host reach all of them; `× haproxy` \
+             columns divide a path's GiB per CPU-s by haproxy's of the same round (the goal: \
+             1.5 for the sockmap path). Windows of {} s{}.",
             ctx.runs(),
             ctx.window().as_secs(),
             if ctx.warmup().is_zero() {
@@ -314,15 +355,17 @@ fn flamed(peer: &str) -> bool {
     peer.starts_with("nodegate") && peer != AUTOTUNED
 }
 
-/// One connection per run: hello, greeting, warm-up, then the measured window. Through `gw`, or
-/// straight to the backend without one (the floor). `floor_own` (the floor's
-/// load+kernel-thread CPU-s/GiB) turns this path's figure into what the gateway added.
+/// One run of one path: a connection with hello, greeting, warm-up, then the measured window.
+/// Through `gw`, or straight to the backend without one (the floor). `floor_own` (this round's
+/// floor load+kernel-thread CPU-s/GiB) turns this path's figure into what the gateway added.
+/// perf records the nodegate paths of round 0 when `--flamegraph` is on.
 fn measure(
     ctx: &Ctx,
     ns: &Netns,
     peer: &str,
     gw: Option<&Peer>,
     hello: &[u8],
+    round: usize,
     floor_own: Option<f64>,
 ) -> anyhow::Result<Samples> {
     let mut s = Samples::default();
@@ -333,7 +376,7 @@ fn measure(
         BACKEND_PORT
     };
     let window = ctx.window();
-    for run in 0..ctx.runs() {
+    {
         let hello = hello.to_vec();
         let client = ns.run(move || -> anyhow::Result<TcpStream> {
             sys::pin_current_thread(LOAD_CPU);
@@ -361,7 +404,7 @@ fn measure(
         };
         std::thread::sleep(ctx.warmup().max(Duration::from_millis(200)));
         let session = match (&ctx.flame, gw) {
-            (Some(rec), Some(gw)) if run == 0 && flamed(peer) => {
+            (Some(rec), Some(gw)) if round == 0 && flamed(peer) => {
                 Some(rec.start(&format!("tls-{}", peer.replace(' ', "-")), gw.pid())?)
             }
             _ => None,
@@ -384,7 +427,7 @@ fn measure(
         if bytes == 0 || stalled {
             s.note(format!(
                 "run {}: the stream ended early ({bytes} bytes)",
-                run + 1
+                round + 1
             ));
         }
         let gib = bytes as f64 / GIB;
