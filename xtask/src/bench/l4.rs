@@ -27,7 +27,7 @@ use testbed::{
 use super::{
     Ctx, GATEWAY_CPU, LOAD_CPU, peers,
     report::{Column, Section},
-    stats::{Samples, add_round},
+    stats::Samples,
     sys,
 };
 
@@ -50,34 +50,9 @@ const COLUMNS: &[Column] = &[
         digits: 2,
     },
     Column {
-        key: "udp_pps_vs_floor",
-        label: "pps ÷ floor",
-        digits: 2,
-    },
-    Column {
-        key: "cpu_us_per_packet_vs_floor",
-        label: "CPU/packet ÷ floor",
-        digits: 2,
-    },
-    Column {
-        key: "udp_pps_vs_nft",
-        label: "pps ÷ nftables",
-        digits: 2,
-    },
-    Column {
-        key: "cpu_us_per_packet_vs_nft",
-        label: "CPU/packet ÷ nftables",
-        digits: 2,
-    },
-    Column {
         key: "tcp_cps",
         label: "TCP conn/s",
         digits: 0,
-    },
-    Column {
-        key: "tcp_cps_vs_nft",
-        label: "conn/s ÷ nftables",
-        digits: 2,
     },
     Column {
         key: "connect_failures",
@@ -159,30 +134,69 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Section> {
         rr: Some(vip(UDP_RR_PORT)),
         tcp: vip(TCP_PORT),
     };
-    // Each round measures every path once, setting it up and tearing it down, so the host's
-    // slow drifts reach every path alike; the ratio columns compare paths within a round.
-    let mut samples: Vec<Samples> = PATHS.iter().map(|_| Samples::default()).collect();
-    for round in 0..ctx.runs() {
-        let mut this = Vec::with_capacity(PATHS.len());
-        for &p in PATHS {
-            eprintln!("bench l4: round {}/{}: {}", round + 1, ctx.runs(), p.name());
-            this.push(measure_path(ctx, &topo, &sinks, p, direct, nat, round)?);
-        }
-        let (floor, nft) = (PathKind::Floor.index(), PathKind::Nftables.index());
-        let against = [
-            ("udp_pps", floor, "floor"),
-            ("cpu_us_per_packet", floor, "floor"),
-            ("udp_pps", nft, "nft"),
-            ("cpu_us_per_packet", nft, "nft"),
-            ("tcp_cps", nft, "nft"),
-        ];
-        add_round(&mut samples, this, &against);
+    let mut rows = Vec::new();
+
+    eprintln!("bench l4: plain forwarding");
+    rows.push(path(ctx, &topo, &sinks, direct, None, None)?.into_row("plain forwarding (floor)"));
+
+    eprintln!("bench l4: nftables DNAT+SNAT");
+    nft_apply(&topo, &nft_rules())?;
+    let nft = path(ctx, &topo, &sinks, nat, None, None);
+    topo.gateway
+        .exec("nft", &["delete", "table", "ip", "nodegate_bench"])?;
+    rows.push(nft?.into_row("nftables DNAT+SNAT"));
+
+    eprintln!("bench l4: haproxy (TCP mode)");
+    let mut haproxy = peers::haproxy(
+        &topo.gateway,
+        GATEWAY_CPU,
+        "l4",
+        &format!(
+            "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
+             listen l4\n  bind {GATEWAY_V4}:{HAPROXY_PORT}\n  server b {b}:{TCP_PORT}\n"
+        ),
+    )?;
+    peers::wait_listening(&mut haproxy, &topo.gateway, vip(HAPROXY_PORT))?;
+    let tcp_only = Targets {
+        udp: None,
+        rr: None,
+        tcp: vip(HAPROXY_PORT),
+    };
+    let mut s = path(ctx, &topo, &sinks, tcp_only, Some(haproxy.pid()), None)?;
+    s.note("TCP only (no UDP in haproxy); it completes the client's handshake itself, so its connect latency and conn/s are not comparable with the NAT paths");
+    drop(haproxy);
+    rows.push(s.into_row("haproxy (TCP mode)"));
+
+    for mode in ["xdp", "xdp-generic", "tc"] {
+        eprintln!("bench l4: nodegate {mode}");
+        let bpffs = TempBpffs::mount("bench")?;
+        let dir = peers::scratch("l4-config")?;
+        std::fs::write(dir.join("bench.yaml"), bench_config())?;
+        let admin: SocketAddr = "127.0.0.1:9901".parse()?;
+        let agent = peers::agent(
+            &topo.gateway,
+            GATEWAY_CPU,
+            &ctx.agent,
+            &dir,
+            admin,
+            &[
+                "--interface",
+                GATEWAY_CLIENT_IFACE,
+                "--interface",
+                GATEWAY_BACKEND_IFACE,
+                "--attach",
+                mode,
+                "--bpffs",
+                &bpffs.path().display().to_string(),
+            ],
+            &[],
+        )?;
+        let flame = format!("l4-nodegate-{mode}");
+        let s = path(ctx, &topo, &sinks, nat, Some(agent.pid()), Some(&flame));
+        drop(agent);
+        let _ = std::fs::remove_dir_all(&dir);
+        rows.push(s?.into_row(format!("nodegate {mode}")));
     }
-    let rows = PATHS
-        .iter()
-        .zip(samples)
-        .map(|(p, s)| s.into_row(p.name()))
-        .collect();
     Ok(Section {
         key: "l4",
         title: "L4".into(),
@@ -194,7 +208,7 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Section> {
              of `connect()` (SYN to SYN-ACK through the path) in a sequential loop, the client \
              closing first (the backend closes 256 connections behind), with \
              net.ipv4.tcp_tw_reuse=1 in the client and gateway namespaces; failed: connects not \
-             done in 1 s; UDP RTT: sequential 64-byte request/response to an echo server. Each of the {} rounds sets up and measures every path once, in the table's order, so slow drifts of the host reach all of them; `÷ floor` and `÷ nftables` divide a path's figure by that path's in the same round. Windows of {} s per figure{}.",
+             done in 1 s; UDP RTT: sequential 64-byte request/response to an echo server. {} runs of {} s per figure{}.",
             ctx.runs(),
             ctx.window().as_secs(),
             if ctx.warmup().is_zero() {
@@ -209,131 +223,7 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Section> {
     })
 }
 
-/// The paths the benchmark compares, in the order each round measures them.
-#[derive(Clone, Copy, PartialEq)]
-enum PathKind {
-    /// Plain kernel forwarding straight to the backend's address.
-    Floor,
-    /// nftables DNAT + SNAT to the backend, as kube-proxy writes them.
-    Nftables,
-    /// haproxy in TCP mode (TCP only).
-    Haproxy,
-    /// The agent with `--attach MODE`.
-    Nodegate(&'static str),
-}
-
-const PATHS: &[PathKind] = &[
-    PathKind::Floor,
-    PathKind::Nftables,
-    PathKind::Haproxy,
-    PathKind::Nodegate("xdp"),
-    PathKind::Nodegate("xdp-generic"),
-    PathKind::Nodegate("tc"),
-];
-
-impl PathKind {
-    /// The row's name.
-    fn name(self) -> String {
-        match self {
-            PathKind::Floor => "plain forwarding (floor)".into(),
-            PathKind::Nftables => "nftables DNAT+SNAT".into(),
-            PathKind::Haproxy => "haproxy (TCP mode)".into(),
-            PathKind::Nodegate(mode) => format!("nodegate {mode}"),
-        }
-    }
-
-    /// Its place in [`PATHS`].
-    fn index(self) -> usize {
-        PATHS
-            .iter()
-            .position(|p| *p == self)
-            .expect("every path kind is in PATHS")
-    }
-}
-
-/// One round of one path: sets the path up (rules, haproxy or the agent), measures every figure
-/// once and takes the path down again.
-fn measure_path(
-    ctx: &Ctx,
-    topo: &Topology,
-    sinks: &Sinks,
-    kind: PathKind,
-    direct: Targets,
-    nat: Targets,
-    round: usize,
-) -> anyhow::Result<Samples> {
-    let vip = |port| SocketAddr::new(GATEWAY_V4.into(), port);
-    match kind {
-        PathKind::Floor => path(ctx, topo, sinks, direct, None, None, round),
-        PathKind::Nftables => {
-            nft_apply(topo, &nft_rules())?;
-            let s = path(ctx, topo, sinks, nat, None, None, round);
-            topo.gateway
-                .exec("nft", &["delete", "table", "ip", "nodegate_bench"])?;
-            s
-        }
-        PathKind::Haproxy => {
-            let b = backend_v4(0);
-            let mut haproxy = peers::haproxy(
-                &topo.gateway,
-                GATEWAY_CPU,
-                "l4",
-                &format!(
-                    "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
-                     listen l4\n  bind {GATEWAY_V4}:{HAPROXY_PORT}\n  server b {b}:{TCP_PORT}\n"
-                ),
-            )?;
-            peers::wait_listening(&mut haproxy, &topo.gateway, vip(HAPROXY_PORT))?;
-            let tcp_only = Targets {
-                udp: None,
-                rr: None,
-                tcp: vip(HAPROXY_PORT),
-            };
-            let mut s = path(ctx, topo, sinks, tcp_only, Some(haproxy.pid()), None, round)?;
-            s.note("TCP only (no UDP in haproxy); it completes the client's handshake itself, so its connect latency and conn/s are not comparable with the NAT paths");
-            Ok(s)
-        }
-        PathKind::Nodegate(mode) => {
-            let bpffs = TempBpffs::mount("bench")?;
-            let dir = peers::scratch("l4-config")?;
-            std::fs::write(dir.join("bench.yaml"), bench_config())?;
-            let admin: SocketAddr = "127.0.0.1:9901".parse()?;
-            let agent = peers::agent(
-                &topo.gateway,
-                GATEWAY_CPU,
-                &ctx.agent,
-                &dir,
-                admin,
-                &[
-                    "--interface",
-                    GATEWAY_CLIENT_IFACE,
-                    "--interface",
-                    GATEWAY_BACKEND_IFACE,
-                    "--attach",
-                    mode,
-                    "--bpffs",
-                    &bpffs.path().display().to_string(),
-                ],
-                &[],
-            )?;
-            let flame = format!("l4-nodegate-{mode}");
-            let s = path(
-                ctx,
-                topo,
-                sinks,
-                nat,
-                Some(agent.pid()),
-                Some(&flame),
-                round,
-            );
-            drop(agent);
-            let _ = std::fs::remove_dir_all(&dir);
-            s
-        }
-    }
-}
-
-/// Warm-up, then one measured run of every figure on one path. `gateway` is the gateway
+/// Warm-up, then `runs` measured runs of every figure on one path. `gateway` is the gateway
 /// process (its peak RSS is reported); `flame` names the flame graphs recorded during run 1.
 fn path(
     ctx: &Ctx,
@@ -342,7 +232,6 @@ fn path(
     t: Targets,
     gateway: Option<u32>,
     flame: Option<&str>,
-    round: usize,
 ) -> anyhow::Result<Samples> {
     let window = ctx.window();
     let warm = ctx.warmup().max(Duration::from_millis(200));
@@ -351,9 +240,9 @@ fn path(
     }
     tcp_connects(topo, t.tcp, warm.min(Duration::from_secs(1)))?;
     let mut s = Samples::default();
-    {
+    for run in 0..ctx.runs() {
         let session = match (flame, &ctx.flame, gateway) {
-            (Some(name), Some(rec), Some(pid)) if round == 0 => Some(rec.start(name, pid)?),
+            (Some(name), Some(rec), Some(pid)) if run == 0 => Some(rec.start(name, pid)?),
             _ => None,
         };
         if let Some(udp) = t.udp {
@@ -383,7 +272,7 @@ fn path(
     if let Some(pid) = gateway {
         s.push("peak_rss_mib", sys::memory_mib(&[pid], "VmHWM"));
     }
-    if flame.is_some() && ctx.flame.is_some() && round == 0 {
+    if flame.is_some() && ctx.flame.is_some() {
         s.note("run 1 was recorded by perf (two sessions at 999 Hz)");
     }
     Ok(s)

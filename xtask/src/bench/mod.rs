@@ -1,7 +1,8 @@
 //! `cargo xtask bench`: benchmarks (never tests). Each benchmark runs its peers side by side in one
-//! invocation, in `--runs` rounds that each measure every peer once (so the host's slow drifts
-//! reach every peer alike), and reports the median and the spread, and ratios to the peer its
-//! goal names taken within each round.
+//! invocation and reports the median and the spread. L7 and TLS run `--runs` rounds that each
+//! measure every peer once (so the host's slow drifts reach every peer alike) and add ratios to
+//! the peer their goal names, taken within each round; L4 measures each path `--runs` times in
+//! a row.
 //!
 //! - [`l4`]: plain forwarding, nftables DNAT+SNAT, haproxy (TCP) and nodegate in each attach mode,
 //!   in testbed's client — gateway — backend namespaces.
@@ -43,7 +44,8 @@ pub struct BenchArgs {
     /// Seconds per measured window.
     #[arg(long, default_value_t = 5)]
     pub duration: u64,
-    /// Rounds, each measuring every peer once (median and min–max are reported).
+    /// Runs per peer; for L7 and TLS, rounds that each measure every peer once (median and
+    /// min–max are reported).
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
     /// Where results.json, results.md and flamegraphs/ go.
