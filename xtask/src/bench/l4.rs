@@ -21,11 +21,14 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use testbed::{
-    GATEWAY_BACKEND_IFACE, GATEWAY_CLIENT_IFACE, GATEWAY_V4, TempBpffs, Topology, backend_v4,
+    CLIENT_V4, GATEWAY_BACKEND_IFACE, GATEWAY_CLIENT_IFACE, GATEWAY_V4, TempBpffs, Topology,
+    backend_v4,
 };
 
 use super::{
-    Ctx, GATEWAY_CPU, LOAD_CPU, peers,
+    Ctx, GATEWAY_CPU, LOAD_CPU,
+    framegen::{self, FrameSpec},
+    peers,
     report::{Column, Section},
     stats::Samples,
     sys,
@@ -47,6 +50,16 @@ const COLUMNS: &[Column] = &[
     Column {
         key: "cpu_us_per_packet",
         label: "machine CPU µs/packet at 50k pps",
+        digits: 2,
+    },
+    Column {
+        key: "frame_pps",
+        label: "UDP pps delivered, frame sender (full speed)",
+        digits: 0,
+    },
+    Column {
+        key: "frame_cpu_us_per_packet",
+        label: "machine CPU µs/packet at 50k pps, frame sender",
         digits: 2,
     },
     Column {
@@ -203,8 +216,12 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Section> {
         about: format!(
             "testbed's client — gateway — backend namespaces (veth pairs). One sender thread \
              (`send` of 64-byte UDP datagrams on a connected socket) on CPU {LOAD_CPU}; backend \
-             sinks, haproxy and the agent on CPU {GATEWAY_CPU}. CPU is whole-machine busy time \
-             from /proc/stat (steal left out) at {FIXED_RATE} pps offered. Connect latency: time \
+             sinks, haproxy and the agent on CPU {GATEWAY_CPU}. The frame-sender columns send the \
+             same datagrams as ready-made Ethernet frames from an XDP program run by \
+             BPF_PROG_TEST_RUN (live frames) on the client's veth, so no client socket skb is \
+             built and none is copied by veth for native XDP. CPU is whole-machine busy time \
+             (wall × CPUs less /proc/stat's idle, iowait and steal: the busy fields are \
+             tick-sampled and miss short softirq bursts) at {FIXED_RATE} pps offered. Connect latency: time \
              of `connect()` (SYN to SYN-ACK through the path) in a sequential loop, the client \
              closing first (the backend closes 256 connections behind), with \
              net.ipv4.tcp_tw_reuse=1 in the client and gateway namespaces; failed: connects not \
@@ -251,7 +268,14 @@ fn path(
             let (got, cpu) = udp_run(topo, &sinks.received, udp, window, Some(FIXED_RATE))?;
             s.push(
                 "cpu_us_per_packet",
-                (got > 0).then(|| cpu * 1e6 / got as f64),
+                (got > 0 && cpu > 0.0).then(|| cpu * 1e6 / got as f64),
+            );
+            let (got, _) = frame_run(topo, &sinks.received, udp, window, None)?;
+            s.push("frame_pps", Some(got as f64 / window.as_secs_f64()));
+            let (got, cpu) = frame_run(topo, &sinks.received, udp, window, Some(FIXED_RATE))?;
+            s.push(
+                "frame_cpu_us_per_packet",
+                (got > 0 && cpu > 0.0).then(|| cpu * 1e6 / got as f64),
             );
         }
         let (mut connects, failed) = tcp_connects(topo, t.tcp, window)?;
@@ -439,40 +463,123 @@ fn udp_run(
     window: Duration,
     rate: Option<u64>,
 ) -> anyhow::Result<(u64, f64)> {
+    paced(topo, received, window, rate, 1, move || {
+        let sock = UdpSocket::bind("0.0.0.0:0")?;
+        sock.connect(target)?;
+        let payload = [0x5au8; 64];
+        Ok(move |_| {
+            let _ = sock.send(&payload);
+            Ok(())
+        })
+    })
+}
+
+/// Runs a sender in the client namespace (on the load CPU) for `window`: `make` builds it there,
+/// then it is called with how many packets to send, at most `batch` at a time, as fast as it
+/// goes or paced to `rate` per second. Returns how many the backend received and the machine's
+/// busy CPU seconds.
+fn paced<M, F>(
+    topo: &Topology,
+    received: &AtomicU64,
+    window: Duration,
+    rate: Option<u64>,
+    batch: u64,
+    make: M,
+) -> anyhow::Result<(u64, f64)>
+where
+    M: FnOnce() -> anyhow::Result<F> + Send + 'static,
+    F: FnMut(u64) -> anyhow::Result<()>,
+{
     let stop = Arc::new(AtomicBool::new(false));
     let s = stop.clone();
     let before = received.load(Ordering::Relaxed);
     let cpu = sys::CpuWindow::start(&[]);
-    let sender = {
+    let thread = {
         let ns = topo.client.clone();
         std::thread::spawn(move || {
-            ns.run(move || {
+            ns.run(move || -> anyhow::Result<()> {
                 sys::pin_current_thread(LOAD_CPU);
-                let sock = UdpSocket::bind("0.0.0.0:0").unwrap();
-                sock.connect(target).unwrap();
-                let payload = [0x5au8; 64];
+                let mut send = make()?;
                 let start = Instant::now();
                 let mut sent: u64 = 0;
                 while !s.load(Ordering::Relaxed) {
-                    if let Some(r) = rate {
-                        let due = (start.elapsed().as_secs_f64() * r as f64) as u64;
-                        if sent >= due {
-                            std::thread::sleep(Duration::from_micros(200));
-                            continue;
+                    let n = match rate {
+                        Some(r) => {
+                            let due = (start.elapsed().as_secs_f64() * r as f64) as u64;
+                            if sent >= due {
+                                std::thread::sleep(Duration::from_micros(200));
+                                continue;
+                            }
+                            (due - sent).min(batch)
                         }
-                    }
-                    let _ = sock.send(&payload);
-                    sent += 1;
+                        None => batch,
+                    };
+                    send(n)?;
+                    sent += n;
                 }
+                Ok(())
             })
         })
     };
     std::thread::sleep(window);
     stop.store(true, Ordering::Relaxed);
-    let _ = sender.join();
+    let sent = thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("sender panicked"))?;
     std::thread::sleep(Duration::from_millis(100));
     let busy = cpu.end(&[]).machine;
+    sent??;
     Ok((received.load(Ordering::Relaxed) - before, busy))
+}
+
+/// Source port of the frame sender's flow.
+const FRAME_SPORT: u16 = 40_000;
+
+/// Like [`udp_run`], with [`framegen`]'s frames (handed to the client's veth as XDP frames, as a
+/// NIC's driver has them) instead of a socket's. The gateway's client-side veth has GRO on for
+/// the window, as the backend's has: a veth takes redirected frames only with GRO or an XDP
+/// program of its own, and the native-XDP path has the latter.
+fn frame_run(
+    topo: &Topology,
+    received: &AtomicU64,
+    target: SocketAddr,
+    window: Duration,
+    rate: Option<u64>,
+) -> anyhow::Result<(u64, f64)> {
+    let SocketAddr::V4(dst) = target else {
+        bail!("the frame sender sends IPv4");
+    };
+    let spec = FrameSpec {
+        src_mac: framegen::parse_mac(&topo.client.mac("eth0")?)?,
+        dst_mac: framegen::parse_mac(&topo.gateway.mac(GATEWAY_CLIENT_IFACE)?)?,
+        src: (CLIENT_V4, FRAME_SPORT),
+        dst: (*dst.ip(), dst.port()),
+        payload: 64,
+    };
+    let ifindex = topo.client.run(|| {
+        // SAFETY: a NUL-terminated name.
+        unsafe { libc::if_nametoindex(c"eth0".as_ptr()) }
+    })?;
+    if ifindex == 0 {
+        bail!("no eth0 in the client namespace");
+    }
+    let sender = Arc::new(framegen::FrameSender::new(ifindex, &spec)?);
+    let gro = |on: &str| {
+        topo.gateway
+            .exec("ethtool", &["-K", GATEWAY_CLIENT_IFACE, "gro", on])
+    };
+    let gro_was = topo
+        .gateway
+        .exec("ethtool", &["-k", GATEWAY_CLIENT_IFACE])?
+        .lines()
+        .find_map(|l| l.strip_prefix("generic-receive-offload: "))
+        .map_or("off", |v| if v.starts_with("on") { "on" } else { "off" });
+    gro("on")?;
+    let result = paced(topo, received, window, rate, 1 << 14, move || {
+        Ok(move |n: u64| sender.send(n as u32))
+    });
+    gro(gro_was)?;
+    result
 }
 
 /// Sequential TCP connects (connect, then close) from the client namespace for `window`; returns

@@ -15,6 +15,7 @@
 //! writes `results.json` and `results.md`.
 
 pub mod flamegraph;
+pub mod framegen;
 pub mod l4;
 pub mod l7;
 pub mod loopns;

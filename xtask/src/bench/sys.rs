@@ -95,22 +95,27 @@ pub fn memory_mib(pids: &[u32], field: &str) -> Option<f64> {
     any.then(|| kb as f64 / 1024.0)
 }
 
-/// Whole-machine busy CPU seconds so far (user, nice, system, irq, softirq: every /proc/stat
-/// field but idle, iowait and steal), so the kernel's share of a path counts. Steal is time the
-/// hypervisor gave our vCPUs' host CPUs to someone else: counted, a busy host made every path
-/// look slower by however much it stole during that window.
-pub fn machine_busy_seconds() -> f64 {
+/// Whole-machine CPU seconds not busy so far (idle, iowait and steal, summed over CPUs) and the
+/// number of CPUs, from /proc/stat. Busy time is what is left of wall time × CPUs: the busy
+/// fields themselves (user, system, softirq, ...) are sampled at the scheduler tick
+/// (TICK_CPU_ACCOUNTING), and NO_HZ_IDLE stops the tick on a CPU that idles, so a short burst of
+/// softirq work between idle periods (a paced sender's packets through a forwarding path) is
+/// mostly never sampled and reads near zero; idle time under NO_HZ is measured exactly by the
+/// tick-sched idle tracker. Steal is time the hypervisor gave our vCPUs' host CPUs to someone
+/// else: counted as busy, a busy host would make every path look slower.
+fn machine_not_busy() -> (f64, usize) {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let fields: Vec<u64> = stat
-        .lines()
+    let mut lines = stat.lines();
+    let fields: Vec<u64> = lines
         .next()
         .unwrap_or_default()
         .split_whitespace()
         .skip(1)
         .filter_map(|v| v.parse().ok())
         .collect();
-    let busy: u64 = [0, 1, 2, 5, 6].iter().filter_map(|&i| fields.get(i)).sum();
-    busy as f64 / clock_ticks()
+    let cpus = lines.take_while(|l| l.starts_with("cpu")).count().max(1);
+    let not_busy: u64 = [3, 4, 7].iter().filter_map(|&i| fields.get(i)).sum();
+    (not_busy as f64 / clock_ticks(), cpus)
 }
 
 /// utime + stime of the kernel's worker threads (`kworker/*`, which run sockmap's
@@ -137,7 +142,8 @@ pub fn kernel_thread_seconds() -> f64 {
 pub struct CpuWindow {
     user: f64,
     system: f64,
-    machine: f64,
+    not_busy: f64,
+    started: std::time::Instant,
 }
 
 /// What a [`CpuWindow`] measured, in seconds.
@@ -158,7 +164,8 @@ impl CpuWindow {
         CpuWindow {
             user,
             system,
-            machine: machine_busy_seconds(),
+            not_busy: machine_not_busy().0,
+            started: std::time::Instant::now(),
         }
     }
 
@@ -166,10 +173,12 @@ impl CpuWindow {
     pub fn end(&self, pids: &[u32]) -> CpuSpent {
         let (user, system) = user_system_seconds(pids);
         let user = user - self.user;
+        let (not_busy, cpus) = machine_not_busy();
+        let wall = self.started.elapsed().as_secs_f64() * cpus as f64;
         CpuSpent {
             process: user + system - self.system,
             user,
-            machine: machine_busy_seconds() - self.machine,
+            machine: (wall - (not_busy - self.not_busy)).max(0.0),
         }
     }
 }
