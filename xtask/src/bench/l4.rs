@@ -263,20 +263,19 @@ fn path(
             _ => None,
         };
         if let Some(udp) = t.udp {
-            let (got, _) = udp_run(topo, &sinks.received, udp, window, None)?;
-            s.push("udp_pps", Some(got as f64 / window.as_secs_f64()));
-            let (got, cpu) = udp_run(topo, &sinks.received, udp, window, Some(FIXED_RATE))?;
-            s.push(
-                "cpu_us_per_packet",
-                (got > 0 && cpu > 0.0).then(|| cpu * 1e6 / got as f64),
-            );
-            let (got, _) = frame_run(topo, &sinks.received, udp, window, None)?;
-            s.push("frame_pps", Some(got as f64 / window.as_secs_f64()));
-            let (got, cpu) = frame_run(topo, &sinks.received, udp, window, Some(FIXED_RATE))?;
-            s.push(
-                "frame_cpu_us_per_packet",
-                (got > 0 && cpu > 0.0).then(|| cpu * 1e6 / got as f64),
-            );
+            let senders: [(UdpSender, &str, &str); 2] = [
+                (udp_run, "udp_pps", "cpu_us_per_packet"),
+                (frame_run, "frame_pps", "frame_cpu_us_per_packet"),
+            ];
+            for (send, pps_key, cpu_key) in senders {
+                let (got, _) = send(topo, &sinks.received, udp, window, None)?;
+                s.push(pps_key, Some(got as f64 / window.as_secs_f64()));
+                let (got, cpu) = send(topo, &sinks.received, udp, window, Some(FIXED_RATE))?;
+                s.push(
+                    cpu_key,
+                    (got > 0 && cpu > 0.0).then(|| cpu * 1e6 / got as f64),
+                );
+            }
         }
         let (mut connects, failed) = tcp_connects(topo, t.tcp, window)?;
         s.push(
@@ -453,6 +452,10 @@ fn start_sinks(topo: &Topology) -> anyhow::Result<Sinks> {
     Ok(Sinks { received })
 }
 
+/// A UDP sender for one window: [`udp_run`] or [`frame_run`].
+type UdpSender =
+    fn(&Topology, &AtomicU64, SocketAddr, Duration, Option<u64>) -> anyhow::Result<(u64, f64)>;
+
 /// Sends 64-byte datagrams from the client namespace (on the load CPU) for `window`, at `rate`
 /// per second or as fast as possible; returns how many the backend received and the machine's
 /// busy CPU seconds.
@@ -563,7 +566,7 @@ fn frame_run(
     if ifindex == 0 {
         bail!("no eth0 in the client namespace");
     }
-    let sender = Arc::new(framegen::FrameSender::new(ifindex, &spec)?);
+    let sender = framegen::FrameSender::new(ifindex, &spec)?;
     let gro = |on: &str| {
         topo.gateway
             .exec("ethtool", &["-K", GATEWAY_CLIENT_IFACE, "gro", on])
