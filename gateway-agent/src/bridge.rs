@@ -6,6 +6,15 @@ use gateway_model::{Model, model::L4Protocol};
 
 use crate::dataplane::{ListenerEntry, Transport};
 
+/// Every address the model's L4 routes forward to (the next hops the NAT needs resolved).
+pub fn l4_backend_addrs(model: &Model) -> Vec<IpAddr> {
+    model
+        .l4
+        .iter()
+        .flat_map(|l| l.backends.iter().map(|b| b.address.ip()))
+        .collect()
+}
+
 /// The L4 listener sockets of the model, for the `LISTENERS` map. A listener bound to the
 /// unspecified IPv4 address serves both families (as a dual-stack socket on `[::]` would), so it
 /// is programmed under both wildcard keys.

@@ -69,10 +69,12 @@ pub struct RunArgs {
     /// Address listeners bind to when their Gateway has no spec.addresses.
     #[arg(long, default_value = "0.0.0.0")]
     pub bind_address: std::net::IpAddr,
-    /// Source ports the L4 NAT uses towards backends (inclusive range; keep it clear of the
-    /// kernel's ephemeral ports, net.ipv4.ip_local_port_range).
-    #[arg(long, default_value = "61000-65535", value_parser = parse_port_range)]
-    pub snat_ports: (u16, u16),
+    /// Source ports the L4 NAT uses towards backends: FIRST-LAST (inclusive; keep it clear of the
+    /// kernel's ephemeral ports, net.ipv4.ip_local_port_range), or `auto`: the widest span of
+    /// ports from 1024 up that the ephemeral range leaves free (1024-32767 with the kernel's
+    /// default 32768-60999).
+    #[arg(long, default_value = "auto", value_parser = parse_snat_ports)]
+    pub snat_ports: SnatPorts,
     /// Capacity of the L4 connection table (entries; each flow takes two). An LRU: under a flood
     /// the oldest entries go first and the table never grows past this.
     #[arg(long, default_value_t = gateway_common::nat::DEFAULT_FLOWS)]
@@ -154,10 +156,27 @@ pub struct KubeArgs {
     pub kube_max_backoff: std::time::Duration,
 }
 
+/// `--snat-ports`: a range given on the command line, or one derived from the kernel's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnatPorts {
+    /// The widest span from 1024 up outside net.ipv4.ip_local_port_range (see
+    /// `dataplane::snat_ports`).
+    Auto,
+    /// FIRST-LAST, inclusive.
+    Range(u16, u16),
+}
+
+fn parse_snat_ports(s: &str) -> Result<SnatPorts, String> {
+    if s == "auto" {
+        return Ok(SnatPorts::Auto);
+    }
+    parse_port_range(s).map(|(a, b)| SnatPorts::Range(a, b))
+}
+
 fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
     let (a, b) = s
         .split_once('-')
-        .ok_or("expected FIRST-LAST, e.g. 61000-65535")?;
+        .ok_or("expected FIRST-LAST (e.g. 1024-32767) or auto")?;
     let (a, b): (u16, u16) = (
         a.parse().map_err(|e| format!("{e}"))?,
         b.parse().map_err(|e| format!("{e}"))?,

@@ -82,6 +82,26 @@ async fn run(args: cli::RunArgs) -> anyhow::Result<()> {
         .apply(&bridge::l4_listeners(&first.model))
         .context("programming the first model")?;
 
+    // Consumer: managed neighbour entries for the L4 backends' next hops, first for the first
+    // model (before the agent says ready), then on every model and every refresh.
+    let neighbours = dataplane::Neighbours::new()?;
+    neighbours
+        .ensure(bridge::l4_backend_addrs(&first.model))
+        .await;
+    let mut neighbour_updates = snapshots.subscribe();
+    let neighbour_task = tokio::spawn(async move {
+        let mut refresh = tokio::time::interval(dataplane::NEIGHBOUR_REFRESH);
+        refresh.tick().await;
+        loop {
+            tokio::select! {
+                changed = neighbour_updates.changed() => if changed.is_err() { return },
+                _ = refresh.tick() => {}
+            }
+            let model = neighbour_updates.borrow_and_update().model.clone();
+            neighbours.ensure(bridge::l4_backend_addrs(&model)).await;
+        }
+    });
+
     // Consumer: the data plane follows every new snapshot; a failed apply keeps the last good maps.
     let dp = dataplane.clone();
     let dataplane_task = tokio::spawn(async move {
@@ -180,6 +200,7 @@ async fn run(args: cli::RunArgs) -> anyhow::Result<()> {
     source_task.abort();
     drop(source);
     dataplane_task.abort();
+    neighbour_task.abort();
     proxy_task.abort();
     aging_task.abort();
     proxy.shutdown(args.drain_timeout).await;

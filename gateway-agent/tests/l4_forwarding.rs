@@ -1173,3 +1173,72 @@ fn closed_flows_give_their_snat_port_to_new_ones() {
         "no SYN found the ports taken\n{m}"
     );
 }
+
+/// A gateway whose stack has never talked to the backends (testbed leaves it no neighbour
+/// entry for them) has no next hop for them, and `bpf_fib_lookup` resolves none: the agent adds
+/// a managed entry for every L4 backend's next hop, so the very first SYN through the NAT is
+/// forwarded (not handed to the stack, which would refuse it, nor dropped to wait a 1 s
+/// retransmit).
+fn first_connects_need_no_resolved_neighbour(attach: &str) {
+    let tag = format!("nb{}", &attach[..2]);
+    let topo = Topology::create(&tag, 3).expect("topology");
+    start_backends(&topo);
+    let bpffs = TempBpffs::mount(&tag).unwrap();
+    let dir = ConfigDir::new(
+        &format!("neigh-{attach}"),
+        &[("all.yaml", &config(&[backend_v4(1)]))],
+    )
+    .unwrap();
+    let agent = Agent::start(&topo, &bpffs, dir.path(), attach).expect("agent starts");
+    let neighbours = topo
+        .gateway
+        .ip(&["-d", "neigh", "show", "dev", testbed::GATEWAY_BACKEND_IFACE])
+        .unwrap();
+    for b in [backend_v4(0), backend_v4(1)] {
+        let line = neighbours
+            .lines()
+            .find(|l| l.starts_with(&format!("{b} ")))
+            .unwrap_or_else(|| panic!("no neighbour entry for backend {b}:\n{neighbours}"));
+        assert!(line.contains("managed"), "{line}");
+    }
+    let vip = SocketAddr::new(GATEWAY_V4.into(), 9000);
+    let greetings = topo
+        .client
+        .run(move || {
+            (0..20)
+                .map(|_| {
+                    let mut s = TcpStream::connect_timeout(&vip, Duration::from_secs(1))?;
+                    s.set_read_timeout(Some(Duration::from_secs(1)))?;
+                    let mut buf = [0u8; 16];
+                    let n = std::io::Read::read(&mut s, &mut buf)?;
+                    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+                })
+                .collect::<std::io::Result<Vec<_>>>()
+        })
+        .unwrap()
+        .expect("every connect answered at once");
+    assert!(
+        greetings.iter().all(|g| !g.is_empty()),
+        "every backend greeted: {greetings:?}"
+    );
+    let m = agent.metrics().unwrap();
+    assert_eq!(
+        testbed::metric_value(
+            &m,
+            "nodegate_dropped_packets_total",
+            &[("reason", "no_neighbour")]
+        ),
+        Some(0.0),
+        "no packet waited for a neighbour:\n{m}"
+    );
+}
+
+#[test]
+fn first_connects_need_no_resolved_neighbour_xdp() {
+    first_connects_need_no_resolved_neighbour("xdp");
+}
+
+#[test]
+fn first_connects_need_no_resolved_neighbour_tc() {
+    first_connects_need_no_resolved_neighbour("tc");
+}

@@ -24,15 +24,21 @@ pub enum DropReason {
     /// A new flow found no free SNAT port: every port probed for it already carries a flow to
     /// the same backend (the `--snat-ports` range is exhausted for it). The client retries.
     NoSnatPort = 3,
+    /// A packet of a NATed flow whose next hop has no resolved neighbour (ARP/NDP) entry yet.
+    /// Handed to the stack it would be answered as addressed to the gateway itself (a RST to
+    /// the client, or to the backend for a reply); dropped, the sender retransmits once the
+    /// agent's managed neighbour entry has resolved.
+    NoNeighbour = 4,
 }
 
 impl DropReason {
     /// Every reason, in index order, with the label used in metrics.
-    pub const ALL: [(DropReason, &'static str); 4] = [
+    pub const ALL: [(DropReason, &'static str); 5] = [
         (DropReason::Truncated, "truncated"),
         (DropReason::BadIpHeader, "bad_ip_header"),
         (DropReason::BadL4Header, "bad_l4_header"),
         (DropReason::NoSnatPort, "no_snat_port"),
+        (DropReason::NoNeighbour, "no_neighbour"),
     ];
 }
 

@@ -106,8 +106,10 @@ pub fn count_listener(id: u32, len: u64) {
     bump(&LISTENER_STATS, id, len);
 }
 
-/// Adds one packet of `len` bytes to the counters of drop reason `reason` on this CPU.
-#[inline(always)]
+/// Adds one packet of `len` bytes to the counters of drop reason `reason` on this CPU. A BPF
+/// subprogram: the drop paths are cold, and inlined at each of them their map keys would take
+/// stack slots of the caller's frame, which the 512-byte limit shares with `pick_port`'s.
+#[inline(never)]
 pub fn count_drop(reason: DropReason, len: u64) {
     bump(&DROP_STATS, reason as u32, len);
 }

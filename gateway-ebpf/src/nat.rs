@@ -12,10 +12,11 @@
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams},
+    bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams},
     helpers::{bpf_fib_lookup, bpf_ktime_get_ns},
 };
 use gateway_common::{
+    counters::DropReason,
     listener::{FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP},
     nat::{
         BACKEND_TIME_WAIT_NS, FLOW_F_FIN, FLOW_F_REPLY, FLOW_F_RST, FlowKey, FlowNat, MAGLEV_SIZE,
@@ -52,6 +53,10 @@ struct Probe {
     stride: u32,
     port_min: u32,
     span: u32,
+    /// The client's source port less `port_min`: its own port's offset in the range, probed
+    /// first if below `span`. Kept here rather than in a register of `pick_port`, whose frame
+    /// the stack limit leaves no room to spill it to.
+    own: u32,
     now: u64,
 }
 
@@ -73,8 +78,14 @@ pub enum Forward {
     Redirect(u32),
     /// Not ours, or not forwardable here: let the stack have it.
     Pass,
-    /// Ours but not forwardable now (no free SNAT port): drop it, counted; the sender retries.
+    /// Ours but not forwardable now (no free SNAT port): drop it, counted where decided; the
+    /// sender retries.
     Drop,
+    /// Ours, but the next hop's neighbour entry is unresolved: drop it, counted by the caller
+    /// (which knows the length) under `DropReason::NoNeighbour`; the sender retries. A unit
+    /// variant, as `Drop`: a second variant with a payload makes LLVM pass an undefined
+    /// payload register on the other paths, which the verifier refuses to read.
+    NoNeighbour,
 }
 
 const AF_INET: u8 = 2;
@@ -264,9 +275,9 @@ pub fn handle<C: EbpfContext>(
         return Forward::Pass;
     }
     // Where does the backend live? Its egress interface gives the SNAT source address.
-    let Some((egress, _, _)) = fib(ctx, ifindex, p.family, &p.src, &backend.addr, &mut s.fib)
-    else {
-        return Forward::Pass;
+    let egress = match fib(ctx, ifindex, p.family, &p.src, &backend.addr, &mut s.fib) {
+        Ok(egress) => egress,
+        Err(f) => return f,
     };
     let Some(ifaddr) = IFADDRS.get_ptr(egress) else {
         return Forward::Pass;
@@ -301,13 +312,14 @@ pub fn handle<C: EbpfContext>(
         stride: (base >> 16) | 1,
         port_min: u32::from(port_min),
         span,
+        own: u32::from(p.sport).wrapping_sub(u32::from(port_min)),
         now,
     };
     let found = pick_port(s);
     if !found {
         // Passing it would hand a packet addressed to a Gateway to the stack, which would
         // refuse it (RST) or route it unNATed; as Cilium does, drop and count.
-        crate::maps::count_drop(gateway_common::counters::DropReason::NoSnatPort, len);
+        crate::maps::count_drop(DropReason::NoSnatPort, len);
         return Forward::Drop;
     }
     s.forward = FlowNat {
@@ -342,12 +354,16 @@ pub fn handle<C: EbpfContext>(
     )
 }
 
-/// Probes [`SNAT_PROBES`] ports of the range ([`Probe`]) for one whose reply tuple
-/// (`s.reply_key`, its port set here) is free, from the flow's hash: double hashing (a stride from the hash's other
-/// half), as consecutive probes would pile new flows onto the runs of taken ports and fail at a
-/// quarter full. A port whose backend may still hold TIME_WAIT, or an idle UDP flow's, is kept
-/// as the fallback, taken only if no other is free. Returns whether a port was found. A BPF
-/// subprogram: inlined into `handle`, the loop's state would not fit the 512-byte stack.
+/// Probes ports of the range ([`Probe`]) for one whose reply tuple (`s.reply_key`, its port set
+/// here) is free: [`SNAT_PROBES`] probes. The first is the client's own source port, if the range
+/// holds it: as conntrack and Cilium keep it, clients whose ports are in the range never contend
+/// with each other for one (a client's own ports are distinct). The others are from the flow's
+/// hash, by
+/// double hashing (a stride from the hash's other half), as consecutive probes would pile new
+/// flows onto the runs of taken ports and fail at a quarter full. A port whose backend may still
+/// hold TIME_WAIT, or an idle UDP flow's, is kept as the fallback, taken only if no other is
+/// free. Returns whether a port was found. A BPF subprogram: inlined into `handle`, the loop's
+/// state would not fit the 512-byte stack.
 #[inline(never)]
 fn pick_port(s: &mut Scratch) -> bool {
     // Never 0 (`handle` checks the range), but the division's panic path would end the
@@ -355,11 +371,15 @@ fn pick_port(s: &mut Scratch) -> bool {
     let span = s.probe.span.max(1);
     let mut fallback = u32::MAX;
     for attempt in 0..SNAT_PROBES {
-        let step = s
-            .probe
-            .base
-            .wrapping_add(attempt.wrapping_mul(s.probe.stride));
-        let port = (s.probe.port_min + step % span) as u16;
+        let offset = if attempt == 0 && s.probe.own < span {
+            s.probe.own
+        } else {
+            s.probe
+                .base
+                .wrapping_add(attempt.wrapping_mul(s.probe.stride))
+                % span
+        };
+        let port = (s.probe.port_min + offset) as u16;
         s.reply_key.dport = port;
         match FLOWS.get_ptr(&s.reply_key) {
             None => return true,
@@ -510,10 +530,9 @@ fn rewrite_and_forward<C: EbpfContext>(
     ingress: u32,
     params: &mut FibParams,
 ) -> Forward {
-    let Some((ifindex, smac, dmac)) =
-        fib(ctx, ingress, p.family, &nat.new_src, &nat.new_dst, params)
-    else {
-        return Forward::Pass;
+    let ifindex = match fib(ctx, ingress, p.family, &nat.new_src, &nat.new_dst, params) {
+        Ok(egress) => egress,
+        Err(f) => return f,
     };
     let ip = data + p.l3_off;
     let l4 = data + p.l4_off;
@@ -595,23 +614,26 @@ fn rewrite_and_forward<C: EbpfContext>(
             *l4_check_ptr = l4_check.to_be_bytes();
         }
     }
-    set_l2(data, data_end, smac, dmac, ifindex)
+    set_l2(data, data_end, params, ifindex)
 }
 
-/// Writes the next hop's Ethernet addresses (from [`fib`]) and asks for a redirect to `egress`.
+/// Writes the next hop's Ethernet addresses (`hop`, from [`fib`]) and asks for a redirect to `egress`.
 #[inline(always)]
-fn set_l2(data: usize, data_end: usize, smac: [u8; 6], dmac: [u8; 6], egress: u32) -> Forward {
+fn set_l2(data: usize, data_end: usize, hop: &FibParams, egress: u32) -> Forward {
     if data + 12 > data_end {
         return Forward::Pass;
     }
     unsafe {
-        *(data as *mut [u8; 6]) = dmac;
-        *((data + 6) as *mut [u8; 6]) = smac;
+        *(data as *mut [u8; 6]) = hop.dmac;
+        *((data + 6) as *mut [u8; 6]) = hop.smac;
     }
     Forward::Redirect(egress)
 }
 
-/// `bpf_fib_lookup` for (src, dst) of `family`: (egress ifindex, source MAC, next-hop MAC).
+/// `bpf_fib_lookup` for (src, dst) of `family`: the egress ifindex (the source and next-hop MACs
+/// are left in `params` for [`set_l2`]), or what to do with the packet instead: drop it while the next hop's neighbour entry is
+/// unresolved (the stack would answer a packet addressed to the gateway itself, not forward
+/// it), pass it for every other verdict (no route, forwarding off, fragmentation needed).
 #[inline(always)]
 fn fib<C: EbpfContext>(
     ctx: &C,
@@ -620,7 +642,7 @@ fn fib<C: EbpfContext>(
     src: &[u8; 16],
     dst: &[u8; 16],
     params: &mut FibParams,
-) -> Option<(u32, [u8; 6], [u8; 6])> {
+) -> Result<u32, Forward> {
     *params = unsafe { core::mem::zeroed() };
     params.ifindex = ingress;
     if family == FAMILY_V4 {
@@ -643,10 +665,13 @@ fn fib<C: EbpfContext>(
             0,
         )
     };
-    if rc != i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
-        return None;
+    if rc == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH) {
+        return Err(Forward::NoNeighbour);
     }
-    Some((params.ifindex, params.smac, params.dmac))
+    if rc != i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
+        return Err(Forward::Pass);
+    }
+    Ok(params.ifindex)
 }
 
 /// ICMP types that carry the offending packet and are translated back to the client:
@@ -701,15 +726,16 @@ fn handle_icmp_v4<C: EbpfContext>(
         // reply: new_src = service address, new_dst = client, new_sport = service port,
         // new_dport = client port.
         let nat = &*reply;
-        let Some((egress, smac, dmac)) = fib(
+        let egress = match fib(
             ctx,
             ifindex,
             FAMILY_V4,
             &nat.new_src,
             &nat.new_dst,
             &mut s.fib,
-        ) else {
-            return Forward::Pass;
+        ) {
+            Ok(egress) => egress,
+            Err(f) => return f,
         };
         let client = [
             nat.new_dst[0],
@@ -768,7 +794,7 @@ fn handle_icmp_v4<C: EbpfContext>(
         *((ip + IP_SRC_OFF) as *mut [u8; 4]) = service;
         *((ip + IP_DST_OFF) as *mut [u8; 4]) = client;
         *ip_check_ptr = ip_check.to_be_bytes();
-        set_l2(data, data_end, smac, dmac, egress)
+        set_l2(data, data_end, &s.fib, egress)
     }
 }
 
@@ -855,15 +881,16 @@ fn handle_icmp_v6<C: EbpfContext>(
             return Forward::Pass;
         };
         let nat = &*reply;
-        let Some((egress, smac, dmac)) = fib(
+        let egress = match fib(
             ctx,
             ifindex,
             FAMILY_V6,
             &nat.new_src,
             &nat.new_dst,
             &mut s.fib,
-        ) else {
-            return Forward::Pass;
+        ) {
+            Ok(egress) => egress,
+            Err(f) => return f,
         };
         let hlim = (ip + IP6_HLIM_OFF) as *mut u8;
         if *hlim <= 1 {
@@ -910,6 +937,6 @@ fn handle_icmp_v6<C: EbpfContext>(
         *hlim -= 1;
         *((ip + IP6_SRC_OFF) as *mut [u8; 16]) = nat.new_src;
         *((ip + IP6_DST_OFF) as *mut [u8; 16]) = nat.new_dst;
-        set_l2(data, data_end, smac, dmac, egress)
+        set_l2(data, data_end, &s.fib, egress)
     }
 }

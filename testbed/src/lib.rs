@@ -318,10 +318,11 @@ impl Topology {
             "via",
             &GATEWAY_BACKEND_SIDE_V6.to_string(),
         ])?;
-        // Permanent neighbour entries: no address-resolution race right after the links come up
-        // (and bpf_fib_lookup in the gateway always finds a next hop).
+        // Permanent neighbour entries at the edges: no address-resolution race right after the
+        // links come up. The gateway knows the client's address as a stack that had answered
+        // its ARP would; it is left to resolve the backends itself (the agent adds managed
+        // entries for them, as bpf_fib_lookup finds no next hop otherwise).
         let client_mac = self.client.mac("eth0")?;
-        let backend_mac = self.backend.mac("eth0")?;
         let gw_client_mac = gw.mac(GATEWAY_CLIENT_IFACE)?;
         let gw_backend_mac = gw.mac(GATEWAY_BACKEND_IFACE)?;
         let neigh = |ns: &Netns, ip: String, mac: &str, dev: &str| {
@@ -353,20 +354,6 @@ impl Topology {
             &gw_backend_mac,
             "eth0",
         )?;
-        for i in 0..backends.max(1) {
-            neigh(
-                gw,
-                backend_v4(i).to_string(),
-                &backend_mac,
-                GATEWAY_BACKEND_IFACE,
-            )?;
-            neigh(
-                gw,
-                backend_v6(i).to_string(),
-                &backend_mac,
-                GATEWAY_BACKEND_IFACE,
-            )?;
-        }
         Ok(())
     }
 }

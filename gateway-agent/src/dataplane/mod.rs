@@ -7,7 +7,9 @@ mod bpffs;
 mod ifaddrs;
 mod listeners;
 mod maglev;
+mod neighbours;
 mod services;
+mod snat_ports;
 mod splice;
 mod stats;
 
@@ -20,6 +22,7 @@ use gateway_common::map_names;
 pub use aging::Timeouts;
 pub use attach::Attachment;
 pub use listeners::{ListenerEntry, Transport};
+pub use neighbours::{Neighbours, REFRESH as NEIGHBOUR_REFRESH};
 pub use splice::{Spliced, Splicer};
 pub use stats::DataplaneStats;
 
@@ -57,8 +60,8 @@ pub struct Options {
     pub attach: AttachMode,
     /// bpffs directory for pins.
     pub bpffs: PathBuf,
-    /// Source ports for SNAT, inclusive.
-    pub snat_ports: (u16, u16),
+    /// Source ports for SNAT (`--snat-ports`).
+    pub snat_ports: crate::cli::SnatPorts,
     /// Capacity of the connection table.
     pub conntrack_size: u32,
 }
@@ -117,7 +120,8 @@ impl Dataplane {
                     ebpf.map_mut(map_names::NAT_CONFIG)
                         .context("NAT_CONFIG map missing")?,
                 )?;
-            let (port_min, port_max) = opts.snat_ports;
+            let (port_min, port_max) = snat_ports::resolve(opts.snat_ports)?;
+            tracing::info!(first = port_min, last = port_max, "SNAT ports");
             cfg.set(0, gateway_common::nat::NatConfig { port_min, port_max }, 0)?;
         }
         ifaddrs::sync(&mut ebpf)?;
