@@ -107,6 +107,11 @@ const COLUMNS: &[Column] = &[
         label: "gateway peak RSS MiB",
         digits: 1,
     },
+    Column {
+        key: "steal_pct",
+        label: "host steal % (worst window kept)",
+        digits: 1,
+    },
 ];
 
 /// Where a path's traffic goes.
@@ -225,7 +230,11 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Section> {
              of `connect()` (SYN to SYN-ACK through the path) in a sequential loop, the client \
              closing first (the backend closes 256 connections behind), with \
              net.ipv4.tcp_tw_reuse=1 in the client and gateway namespaces; failed: connects not \
-             done in 1 s; UDP RTT: sequential 64-byte request/response to an echo server. {} runs of {} s per figure{}.",
+             done in 1 s; UDP RTT: sequential 64-byte request/response to an echo server. A window in \
+             which the hypervisor stole more than {:.0}% of the machine's time (/proc/stat steal) \
+             is measured again, up to {QUIET_TRIES} times, keeping the least disturbed; the \
+             last column is the worst steal among the windows kept. {} runs of {} s per figure{}.",
+            MAX_STEAL * 100.0,
             ctx.runs(),
             ctx.window().as_secs(),
             if ctx.warmup().is_zero() {
@@ -257,7 +266,11 @@ fn path(
     }
     tcp_connects(topo, t.tcp, warm.min(Duration::from_secs(1)))?;
     let mut s = Samples::default();
+    // Smoke runs prove the plumbing; retrying their windows would only lengthen CI.
+    let tries = if ctx.args.smoke { 1 } else { QUIET_TRIES };
     for run in 0..ctx.runs() {
+        // The most the host stole in any window this run kept.
+        let mut steal: f64 = 0.0;
         let session = match (flame, &ctx.flame, gateway) {
             (Some(name), Some(rec), Some(pid)) if run == 0 => Some(rec.start(name, pid)?),
             _ => None,
@@ -268,16 +281,22 @@ fn path(
                 (frame_run, "frame_pps", "frame_cpu_us_per_packet"),
             ];
             for (send, pps_key, cpu_key) in senders {
-                let (got, _) = send(topo, &sinks.received, udp, window, None)?;
+                let ((got, _), st) =
+                    quiet(tries, || send(topo, &sinks.received, udp, window, None))?;
+                steal = steal.max(st);
                 s.push(pps_key, Some(got as f64 / window.as_secs_f64()));
-                let (got, cpu) = send(topo, &sinks.received, udp, window, Some(FIXED_RATE))?;
+                let ((got, cpu), st) = quiet(tries, || {
+                    send(topo, &sinks.received, udp, window, Some(FIXED_RATE))
+                })?;
+                steal = steal.max(st);
                 s.push(
                     cpu_key,
                     (got > 0 && cpu > 0.0).then(|| cpu * 1e6 / got as f64),
                 );
             }
         }
-        let (mut connects, failed) = tcp_connects(topo, t.tcp, window)?;
+        let ((mut connects, failed), st) = quiet(tries, || tcp_connects(topo, t.tcp, window))?;
+        steal = steal.max(st);
         s.push(
             "tcp_cps",
             Some(connects.len() as f64 / window.as_secs_f64()),
@@ -285,9 +304,11 @@ fn path(
         s.push("connect_failures", Some(failed as f64));
         s.push_latency("connect", &mut connects);
         if let Some(rr) = t.rr {
-            let mut rtts = udp_rr(topo, rr, window)?;
+            let (mut rtts, st) = quiet(tries, || udp_rr(topo, rr, window))?;
+            steal = steal.max(st);
             s.push_latency("udp_rr", &mut rtts);
         }
+        s.push("steal_pct", Some(steal * 100.0));
         if let (Some(session), Some(rec)) = (session, &ctx.flame) {
             rec.finish(session)?;
         }
@@ -450,6 +471,35 @@ fn start_sinks(topo: &Topology) -> anyhow::Result<Sinks> {
         rx.recv()?.context("binding a backend sink")?;
     }
     Ok(Sinks { received })
+}
+
+/// A window in which the host steals more than this share of the machine's time is measured
+/// again: a quiet 2-vCPU host steals well under 1%, a busy one 10–25%, which halves packet
+/// rates and makes busy time read short (steal is not counted as busy).
+const MAX_STEAL: f64 = 0.03;
+/// How many times a window is measured at most.
+const QUIET_TRIES: usize = 3;
+
+/// Runs `measure` (one window) until the host steals at most [`MAX_STEAL`] of the machine's
+/// time during it, at most `tries` times; returns the least disturbed run and the steal share
+/// it saw, which the table reports.
+fn quiet<T>(
+    tries: usize,
+    mut measure: impl FnMut() -> anyhow::Result<T>,
+) -> anyhow::Result<(T, f64)> {
+    let mut best: Option<(T, f64)> = None;
+    for _ in 0..tries.max(1) {
+        let meter = sys::StealMeter::start();
+        let got = measure()?;
+        let steal = meter.share();
+        if best.as_ref().is_none_or(|(_, least)| steal < *least) {
+            best = Some((got, steal));
+        }
+        if steal <= MAX_STEAL {
+            break;
+        }
+    }
+    best.context("no window was measured")
 }
 
 /// A UDP sender for one window: [`udp_run`] or [`frame_run`].

@@ -95,15 +95,18 @@ pub fn memory_mib(pids: &[u32], field: &str) -> Option<f64> {
     any.then(|| kb as f64 / 1024.0)
 }
 
-/// Whole-machine CPU seconds not busy so far (idle, iowait and steal, summed over CPUs) and the
-/// number of CPUs, from /proc/stat. Busy time is what is left of wall time × CPUs: the busy
-/// fields themselves (user, system, softirq, ...) are sampled at the scheduler tick
-/// (TICK_CPU_ACCOUNTING), and NO_HZ_IDLE stops the tick on a CPU that idles, so a short burst of
-/// softirq work between idle periods (a paced sender's packets through a forwarding path) is
-/// mostly never sampled and reads near zero; idle time under NO_HZ is measured exactly by the
-/// tick-sched idle tracker. Steal is time the hypervisor gave our vCPUs' host CPUs to someone
-/// else: counted as busy, a busy host would make every path look slower.
-fn machine_not_busy() -> (f64, usize) {
+/// The host's steal time (/proc/stat's eighth field: time a vCPU was runnable but the
+/// hypervisor ran something else), seconds over all CPUs, and the CPU count.
+fn machine_steal() -> (f64, usize) {
+    let (fields, cpus) = stat_cpu_fields();
+    (
+        fields.get(7).copied().unwrap_or(0) as f64 / clock_ticks(),
+        cpus,
+    )
+}
+
+/// The aggregate `cpu` line of /proc/stat, in ticks, and the number of per-CPU lines.
+fn stat_cpu_fields() -> (Vec<u64>, usize) {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let mut lines = stat.lines();
     let fields: Vec<u64> = lines
@@ -114,6 +117,47 @@ fn machine_not_busy() -> (f64, usize) {
         .filter_map(|v| v.parse().ok())
         .collect();
     let cpus = lines.take_while(|l| l.starts_with("cpu")).count().max(1);
+    (fields, cpus)
+}
+
+/// The share of the machine's time the hypervisor stole over a span: a window with much of it
+/// measured the neighbours as much as the path (packet rates fall, CPU figures come out short).
+#[derive(Debug, Clone, Copy)]
+pub struct StealMeter {
+    steal: f64,
+    started: std::time::Instant,
+}
+
+impl StealMeter {
+    /// Starts measuring.
+    pub fn start() -> Self {
+        StealMeter {
+            steal: machine_steal().0,
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// Stolen time since the start as a share (0–1) of wall time × CPUs.
+    pub fn share(&self) -> f64 {
+        let (steal, cpus) = machine_steal();
+        let wall = self.started.elapsed().as_secs_f64() * cpus as f64;
+        if wall <= 0.0 {
+            return 0.0;
+        }
+        ((steal - self.steal) / wall).clamp(0.0, 1.0)
+    }
+}
+
+/// Whole-machine CPU seconds not busy so far (idle, iowait and steal, summed over CPUs) and the
+/// number of CPUs, from /proc/stat. Busy time is what is left of wall time × CPUs: the busy
+/// fields themselves (user, system, softirq, ...) are sampled at the scheduler tick
+/// (TICK_CPU_ACCOUNTING), and NO_HZ_IDLE stops the tick on a CPU that idles, so a short burst of
+/// softirq work between idle periods (a paced sender's packets through a forwarding path) is
+/// mostly never sampled and reads near zero; idle time under NO_HZ is measured exactly by the
+/// tick-sched idle tracker. Steal is time the hypervisor gave our vCPUs' host CPUs to someone
+/// else: counted as busy, a busy host would make every path look slower.
+fn machine_not_busy() -> (f64, usize) {
+    let (fields, cpus) = stat_cpu_fields();
     let not_busy: u64 = [3, 4, 7].iter().filter_map(|&i| fields.get(i)).sum();
     (not_busy as f64 / clock_ticks(), cpus)
 }
