@@ -358,12 +358,11 @@ pub fn handle<C: EbpfContext>(
 /// here) is free: [`SNAT_PROBES`] probes. The first is the client's own source port, if the range
 /// holds it: as conntrack and Cilium keep it, clients whose ports are in the range never contend
 /// with each other for one (a client's own ports are distinct). The others are from the flow's
-/// hash, by
-/// double hashing (a stride from the hash's other half), as consecutive probes would pile new
-/// flows onto the runs of taken ports and fail at a quarter full. A port whose backend may still
-/// hold TIME_WAIT, or an idle UDP flow's, is kept as the fallback, taken only if no other is
-/// free. Returns whether a port was found. A BPF subprogram: inlined into `handle`, the loop's
-/// state would not fit the 512-byte stack.
+/// hash, by double hashing (a stride from the hash's other half), as consecutive probes would
+/// pile new flows onto the runs of taken ports and fail at a quarter full. A port whose backend
+/// may still hold TIME_WAIT, or an idle UDP flow's, is kept as the fallback, taken only if no
+/// other is free. Returns whether a port was found. A BPF subprogram: inlined into `handle`, the
+/// loop's state would not fit the 512-byte stack.
 #[inline(never)]
 fn pick_port(s: &mut Scratch) -> bool {
     // Never 0 (`handle` checks the range), but the division's panic path would end the
@@ -617,7 +616,8 @@ fn rewrite_and_forward<C: EbpfContext>(
     set_l2(data, data_end, params, ifindex)
 }
 
-/// Writes the next hop's Ethernet addresses (`hop`, from [`fib`]) and asks for a redirect to `egress`.
+/// Writes the next hop's Ethernet addresses (`hop`, from [`fib`]) and asks for a redirect to
+/// `egress`.
 #[inline(always)]
 fn set_l2(data: usize, data_end: usize, hop: &FibParams, egress: u32) -> Forward {
     if data + 12 > data_end {
