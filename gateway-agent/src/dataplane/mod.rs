@@ -3,6 +3,7 @@
 
 mod aging;
 mod attach;
+mod batch;
 mod bpffs;
 mod ifaddrs;
 mod listeners;
