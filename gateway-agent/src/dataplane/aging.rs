@@ -54,22 +54,21 @@ pub fn monotonic_ns() -> u64 {
 pub fn sweep(ebpf: &mut Ebpf, now_ns: u64, t: Timeouts) -> anyhow::Result<usize> {
     // One batch lookup per few thousand entries; aya's iterator (two syscalls an entry) only
     // if the kernel refuses batches (before 5.6).
-    let entries: Vec<(FlowKey, FlowNat)> = {
-        use std::os::fd::AsFd as _;
-        let batched = match ebpf.map(map_names::FLOWS) {
-            Some(aya::maps::Map::LruHashMap(data) | aya::maps::Map::HashMap(data)) => {
-                super::batch::lookup_all(data.fd().as_fd())
-                    .inspect_err(|e| tracing::debug!(error = %e, "batch lookup refused; iterating"))
-                    .ok()
-            }
-            _ => None,
-        };
-        match batched {
-            Some(entries) => entries,
-            None => flows_map(ebpf)?.iter().filter_map(Result::ok).collect(),
+    let batched = match ebpf.map(map_names::FLOWS) {
+        Some(aya::maps::Map::LruHashMap(data) | aya::maps::Map::HashMap(data)) => {
+            use std::os::fd::AsFd as _;
+            super::batch::lookup_all(data.fd().as_fd())
+                .inspect_err(|e| tracing::debug!(error = %e, "batch lookup refused; iterating"))
+                .ok()
         }
+        _ => None,
     };
-    let mut flows = flows_map(ebpf)?;
+    let mut flows: HashMap<_, FlowKey, FlowNat> = HashMap::try_from(
+        ebpf.map_mut(map_names::FLOWS)
+            .context("FLOWS map missing")?,
+    )?;
+    let entries: Vec<(FlowKey, FlowNat)> =
+        batched.unwrap_or_else(|| flows.iter().filter_map(Result::ok).collect());
     let mut removed = 0;
     for (key, snapshot) in expired(&entries, now_ns, t) {
         // The kernel may have reused the key since the snapshot (a SNAT port given to a new
@@ -82,16 +81,6 @@ pub fn sweep(ebpf: &mut Ebpf, now_ns: u64, t: Timeouts) -> anyhow::Result<usize>
         }
     }
     Ok(removed)
-}
-
-/// The connection table, for lookups and removals.
-fn flows_map(
-    ebpf: &mut Ebpf,
-) -> anyhow::Result<HashMap<&mut aya::maps::MapData, FlowKey, FlowNat>> {
-    Ok(HashMap::try_from(
-        ebpf.map_mut(map_names::FLOWS)
-            .context("FLOWS map missing")?,
-    )?)
 }
 
 /// The entries of `entries` whose flow has been idle past its timeout at `now_ns` (as read, so

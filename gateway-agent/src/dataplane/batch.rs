@@ -29,6 +29,28 @@ struct BatchAttr {
     flags: u64,
 }
 
+/// `bpf(cmd, attr, sizeof attr)`: its return value, or the errno as an error.
+///
+/// # Safety
+/// `attr` must be a valid `union bpf_attr` prefix for `cmd`, and every buffer it points at must
+/// be as large as the command writes or reads.
+unsafe fn bpf<A>(cmd: libc::c_long, attr: &mut A) -> io::Result<libc::c_long> {
+    // SAFETY: the caller's promise.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            std::ptr::from_mut(attr),
+            std::mem::size_of::<A>() as u32,
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
 /// Every (key, value) of the hash map behind `fd`, whose key and value are `K` and `V` as the
 /// map declares them (plain `#[repr(C)]` data: the kernel writes their bytes). Entries the
 /// kernel changes meanwhile may be seen old or new, as with any iteration of a live map.
@@ -57,17 +79,9 @@ pub fn lookup_all<K: Copy, V: Copy>(fd: BorrowedFd<'_>) -> io::Result<Vec<(K, V)
             map_fd: fd.as_raw_fd() as u32,
             ..BatchAttr::default()
         };
-        // SAFETY: `attr` is a valid bpf_attr prefix for this command; the key and value buffers
-        // hold `count` elements of the map's key and value sizes, and the tokens 8 bytes.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                std::ptr::from_mut(&mut attr),
-                std::mem::size_of::<BatchAttr>() as u32,
-            )
-        };
-        let err = (rc < 0).then(io::Error::last_os_error);
+        // SAFETY: `attr` is the batch member of bpf_attr; the key and value buffers hold
+        // `count` elements of the map's key and value sizes, and the tokens 8 bytes.
+        let err = unsafe { bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) }.err();
         let filled = (attr.count as usize).min(chunk);
         if err.as_ref().and_then(io::Error::raw_os_error) == Some(libc::ENOSPC) && filled == 0 {
             chunk *= 2;
@@ -101,7 +115,6 @@ mod tests {
     /// A `BPF_MAP_TYPE_LRU_HASH` (u32 → u64), as FLOWS is an LRU hash.
     fn lru_hash(max_entries: u32) -> OwnedFd {
         #[repr(C)]
-        #[derive(Default)]
         struct CreateAttr {
             map_type: u32,
             key_size: u32,
@@ -109,27 +122,17 @@ mod tests {
             max_entries: u32,
             map_flags: u32,
         }
-        let attr = CreateAttr {
+        let mut attr = CreateAttr {
             map_type: 9, // BPF_MAP_TYPE_LRU_HASH
             key_size: 4,
             value_size: 8,
             max_entries,
             map_flags: 0,
         };
-        // SAFETY: BPF_MAP_CREATE (0) with a valid attr prefix.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                0,
-                std::ptr::from_ref(&attr),
-                std::mem::size_of::<CreateAttr>() as u32,
-            )
-        };
-        assert!(
-            fd >= 0,
-            "BPF_MAP_CREATE failed ({}): this test needs root (CAP_BPF)",
-            io::Error::last_os_error()
-        );
+        // SAFETY: BPF_MAP_CREATE (0) with the map_create member of bpf_attr.
+        let fd = unsafe { bpf(0, &mut attr) }.unwrap_or_else(|e| {
+            panic!("BPF_MAP_CREATE failed ({e}): this test needs root (CAP_BPF)")
+        });
         // SAFETY: a new fd we own.
         unsafe { OwnedFd::from_raw_fd(fd as i32) }
     }
@@ -143,7 +146,7 @@ mod tests {
             value: u64,
             flags: u64,
         }
-        let attr = ElemAttr {
+        let mut attr = ElemAttr {
             map_fd: fd.as_raw_fd() as u32,
             _pad: 0,
             key: std::ptr::from_ref(&key) as u64,
@@ -151,15 +154,7 @@ mod tests {
             flags: 0,
         };
         // SAFETY: BPF_MAP_UPDATE_ELEM (2) with pointers to a key and a value of the map's sizes.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                2,
-                std::ptr::from_ref(&attr),
-                std::mem::size_of::<ElemAttr>() as u32,
-            )
-        };
-        assert_eq!(rc, 0, "update: {}", io::Error::last_os_error());
+        assert_eq!(unsafe { bpf(2, &mut attr) }.expect("update"), 0);
     }
 
     #[test]

@@ -42,10 +42,10 @@ impl Neighbours {
         })
     }
 
-    /// Makes sure every next hop towards `backends` has a managed neighbour entry; returns how
-    /// many entries were written. A backend without a route, or on this host, is skipped;
-    /// one that fails is logged and the rest still go through.
-    pub async fn ensure(&self, backends: impl IntoIterator<Item = IpAddr>) -> usize {
+    /// Makes sure every next hop towards `backends` has a managed neighbour entry. A backend
+    /// without a route, or on this host, is skipped; one that fails is logged and the rest
+    /// still go through.
+    pub async fn ensure(&self, backends: impl IntoIterator<Item = IpAddr>) {
         let mut hops = BTreeSet::new();
         for backend in backends.into_iter().collect::<BTreeSet<_>>() {
             match self.next_hop(backend).await {
@@ -58,15 +58,12 @@ impl Neighbours {
                 }
             }
         }
-        let mut written = 0;
         for (ifindex, hop) in hops {
-            match self.manage(ifindex, hop).await {
-                Ok(()) => written += 1,
-                Err(e) => tracing::warn!(%hop, ifindex, error = %format!("{e:#}"),
-                    "could not add a managed neighbour entry; packets to it wait for the stack to resolve it"),
+            if let Err(e) = self.manage(ifindex, hop).await {
+                tracing::warn!(%hop, ifindex, error = %format!("{e:#}"),
+                    "could not add a managed neighbour entry; packets to it wait for the stack to resolve it");
             }
         }
-        written
     }
 
     /// (egress ifindex, next-hop address) of the route to `dst`; `None` for local addresses.
