@@ -266,11 +266,9 @@ fn path(
     }
     tcp_connects(topo, t.tcp, warm.min(Duration::from_secs(1)))?;
     let mut s = Samples::default();
-    // Smoke runs prove the plumbing; retrying their windows would only lengthen CI.
-    let tries = if ctx.args.smoke { 1 } else { QUIET_TRIES };
     for run in 0..ctx.runs() {
-        // The most the host stole in any window this run kept.
-        let mut steal: f64 = 0.0;
+        // Smoke runs prove the plumbing; retrying their windows would only lengthen CI.
+        let mut quiet = Quiet::new(if ctx.args.smoke { 1 } else { QUIET_TRIES });
         let session = match (flame, &ctx.flame, gateway) {
             (Some(name), Some(rec), Some(pid)) if run == 0 => Some(rec.start(name, pid)?),
             _ => None,
@@ -281,22 +279,17 @@ fn path(
                 (frame_run, "frame_pps", "frame_cpu_us_per_packet"),
             ];
             for (send, pps_key, cpu_key) in senders {
-                let ((got, _), st) =
-                    quiet(tries, || send(topo, &sinks.received, udp, window, None))?;
-                steal = steal.max(st);
+                let (got, _) = quiet.run(|| send(topo, &sinks.received, udp, window, None))?;
                 s.push(pps_key, Some(got as f64 / window.as_secs_f64()));
-                let ((got, cpu), st) = quiet(tries, || {
-                    send(topo, &sinks.received, udp, window, Some(FIXED_RATE))
-                })?;
-                steal = steal.max(st);
+                let (got, cpu) =
+                    quiet.run(|| send(topo, &sinks.received, udp, window, Some(FIXED_RATE)))?;
                 s.push(
                     cpu_key,
                     (got > 0 && cpu > 0.0).then(|| cpu * 1e6 / got as f64),
                 );
             }
         }
-        let ((mut connects, failed), st) = quiet(tries, || tcp_connects(topo, t.tcp, window))?;
-        steal = steal.max(st);
+        let (mut connects, failed) = quiet.run(|| tcp_connects(topo, t.tcp, window))?;
         s.push(
             "tcp_cps",
             Some(connects.len() as f64 / window.as_secs_f64()),
@@ -304,11 +297,10 @@ fn path(
         s.push("connect_failures", Some(failed as f64));
         s.push_latency("connect", &mut connects);
         if let Some(rr) = t.rr {
-            let (mut rtts, st) = quiet(tries, || udp_rr(topo, rr, window))?;
-            steal = steal.max(st);
+            let mut rtts = quiet.run(|| udp_rr(topo, rr, window))?;
             s.push_latency("udp_rr", &mut rtts);
         }
-        s.push("steal_pct", Some(steal * 100.0));
+        s.push("steal_pct", Some(quiet.worst * 100.0));
         if let (Some(session), Some(rec)) = (session, &ctx.flame) {
             rec.finish(session)?;
         }
@@ -480,26 +472,41 @@ const MAX_STEAL: f64 = 0.03;
 /// How many times a window is measured at most.
 const QUIET_TRIES: usize = 3;
 
-/// Runs `measure` (one window) until the host steals at most [`MAX_STEAL`] of the machine's
-/// time during it, at most `tries` times; returns the least disturbed run and the steal share
-/// it saw, which the table reports.
-fn quiet<T>(
+/// Measures windows again while the host steals more than [`MAX_STEAL`] of the machine's time,
+/// and keeps the worst steal among the windows it kept, which the table reports.
+struct Quiet {
     tries: usize,
-    mut measure: impl FnMut() -> anyhow::Result<T>,
-) -> anyhow::Result<(T, f64)> {
-    let mut best: Option<(T, f64)> = None;
-    for _ in 0..tries.max(1) {
-        let meter = sys::StealMeter::start();
-        let got = measure()?;
-        let steal = meter.share();
-        if best.as_ref().is_none_or(|(_, least)| steal < *least) {
-            best = Some((got, steal));
-        }
-        if steal <= MAX_STEAL {
-            break;
+    worst: f64,
+}
+
+impl Quiet {
+    /// Up to `tries` measurements per window.
+    fn new(tries: usize) -> Self {
+        Quiet {
+            tries: tries.max(1),
+            worst: 0.0,
         }
     }
-    best.context("no window was measured")
+
+    /// Runs `measure` (one window) until a run sees at most [`MAX_STEAL`], at most `tries`
+    /// times; returns the least disturbed run.
+    fn run<T>(&mut self, mut measure: impl FnMut() -> anyhow::Result<T>) -> anyhow::Result<T> {
+        let mut best: Option<(T, f64)> = None;
+        for _ in 0..self.tries {
+            let meter = sys::StealMeter::start();
+            let got = measure()?;
+            let steal = meter.share();
+            if best.as_ref().is_none_or(|(_, least)| steal < *least) {
+                best = Some((got, steal));
+            }
+            if steal <= MAX_STEAL {
+                break;
+            }
+        }
+        let (got, steal) = best.context("no window was measured")?;
+        self.worst = self.worst.max(steal);
+        Ok(got)
+    }
 }
 
 /// A UDP sender for one window: [`udp_run`] or [`frame_run`].
