@@ -108,7 +108,10 @@ fn on_packet<C: EbpfContext>(
     ) {
         nat::Forward::Redirect(to) => Verdict::Redirect(to),
         nat::Forward::Pass => Verdict::Pass,
-        nat::Forward::Drop => Verdict::Drop,
+        nat::Forward::NoSnatPort => {
+            maps::count_drop(DropReason::NoSnatPort, len);
+            Verdict::Drop
+        }
         nat::Forward::NoNeighbour => {
             maps::count_drop(DropReason::NoNeighbour, len);
             Verdict::Drop

@@ -16,7 +16,6 @@ use aya_ebpf::{
     helpers::{bpf_fib_lookup, bpf_ktime_get_ns},
 };
 use gateway_common::{
-    counters::DropReason,
     listener::{FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP},
     nat::{
         BACKEND_TIME_WAIT_NS, FLOW_F_FIN, FLOW_F_REPLY, FLOW_F_RST, FlowKey, FlowNat, MAGLEV_SIZE,
@@ -78,13 +77,13 @@ pub enum Forward {
     Redirect(u32),
     /// Not ours, or not forwardable here: let the stack have it.
     Pass,
-    /// Ours but not forwardable now (no free SNAT port): drop it, counted where decided; the
-    /// sender retries.
-    Drop,
-    /// Ours, but the next hop's neighbour entry is unresolved: drop it, counted by the caller
-    /// (which knows the length) under `DropReason::NoNeighbour`; the sender retries. A unit
-    /// variant, as `Drop`: a second variant with a payload makes LLVM pass an undefined
-    /// payload register on the other paths, which the verifier refuses to read.
+    /// Ours but no free SNAT port: drop it; the caller counts it under
+    /// `DropReason::NoSnatPort`. The sender retries.
+    NoSnatPort,
+    /// Ours, but the next hop's neighbour entry is unresolved: drop it; the caller counts it
+    /// under `DropReason::NoNeighbour`. The sender retries. The drops are unit variants: a
+    /// second variant with a payload makes LLVM pass an undefined payload register on the
+    /// other paths, which the verifier refuses to read.
     NoNeighbour,
 }
 
@@ -319,8 +318,7 @@ pub fn handle<C: EbpfContext>(
     if !found {
         // Passing it would hand a packet addressed to a Gateway to the stack, which would
         // refuse it (RST) or route it unNATed; as Cilium does, drop and count.
-        crate::maps::count_drop(DropReason::NoSnatPort, len);
-        return Forward::Drop;
+        return Forward::NoSnatPort;
     }
     s.forward = FlowNat {
         new_src: s.reply_key.dst,
