@@ -1174,6 +1174,44 @@ fn closed_flows_give_their_snat_port_to_new_ones() {
     );
 }
 
+/// Connects from the client to each of `vips` in turn, each connect and its greeting given 1 s
+/// (no time for a SYN retransmit), and asserts that every backend greeted.
+fn greet_each(topo: &Topology, vips: Vec<SocketAddr>) {
+    let greetings = topo
+        .client
+        .run(move || {
+            vips.iter()
+                .map(|vip| {
+                    let mut s = TcpStream::connect_timeout(vip, Duration::from_secs(1))?;
+                    s.set_read_timeout(Some(Duration::from_secs(1)))?;
+                    let mut buf = [0u8; 16];
+                    let n = std::io::Read::read(&mut s, &mut buf)?;
+                    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+                })
+                .collect::<std::io::Result<Vec<_>>>()
+        })
+        .unwrap()
+        .expect("every connect answered at once");
+    assert!(
+        greetings.iter().all(|g| !g.is_empty()),
+        "every backend greeted: {greetings:?}"
+    );
+}
+
+/// Asserts that the agent's programs dropped no packet for want of a resolved next hop.
+fn assert_no_neighbour_drops(agent: &Agent) {
+    let m = agent.metrics().unwrap();
+    assert_eq!(
+        testbed::metric_value(
+            &m,
+            "nodegate_dropped_packets_total",
+            &[("reason", "no_neighbour")]
+        ),
+        Some(0.0),
+        "no packet waited for a neighbour:\n{m}"
+    );
+}
+
 /// A gateway whose stack has never talked to the backends (testbed leaves it no neighbour
 /// entry for them) has no next hop for them, and `bpf_fib_lookup` resolves none: the agent adds
 /// a managed entry for every L4 backend's next hop, so the very first SYN through the NAT is
@@ -1201,36 +1239,8 @@ fn first_connects_need_no_resolved_neighbour(attach: &str) {
             .unwrap_or_else(|| panic!("no neighbour entry for backend {b}:\n{neighbours}"));
         assert!(line.contains("managed"), "{line}");
     }
-    let vip = SocketAddr::new(GATEWAY_V4.into(), 9000);
-    let greetings = topo
-        .client
-        .run(move || {
-            (0..20)
-                .map(|_| {
-                    let mut s = TcpStream::connect_timeout(&vip, Duration::from_secs(1))?;
-                    s.set_read_timeout(Some(Duration::from_secs(1)))?;
-                    let mut buf = [0u8; 16];
-                    let n = std::io::Read::read(&mut s, &mut buf)?;
-                    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
-                })
-                .collect::<std::io::Result<Vec<_>>>()
-        })
-        .unwrap()
-        .expect("every connect answered at once");
-    assert!(
-        greetings.iter().all(|g| !g.is_empty()),
-        "every backend greeted: {greetings:?}"
-    );
-    let m = agent.metrics().unwrap();
-    assert_eq!(
-        testbed::metric_value(
-            &m,
-            "nodegate_dropped_packets_total",
-            &[("reason", "no_neighbour")]
-        ),
-        Some(0.0),
-        "no packet waited for a neighbour:\n{m}"
-    );
+    greet_each(&topo, vec![SocketAddr::new(GATEWAY_V4.into(), 9000); 20]);
+    assert_no_neighbour_drops(&agent);
 }
 
 #[test]
@@ -1241,4 +1251,49 @@ fn first_connects_need_no_resolved_neighbour_xdp() {
 #[test]
 fn first_connects_need_no_resolved_neighbour_tc() {
     first_connects_need_no_resolved_neighbour("tc");
+}
+
+/// In TC mode a next hop with no neighbour entry is no reason to drop: the program hands the
+/// rewritten packet to `bpf_redirect_neigh`, which resolves the hop and sends it. The gateway's
+/// entries for the client are deleted (the client keeps its permanent entry for the gateway, so
+/// it never asks and the gateway cannot learn it from an ARP or ND request); every reply then
+/// meets an unresolved next hop, and still reaches the client, over IPv4 and IPv6, with no
+/// drop counted and the entry resolved by the kernel afterwards. (XDP cannot queue a packet
+/// for resolution: there, as in Cilium, such a packet is dropped and counted.)
+#[test]
+fn replies_reach_a_client_the_gateway_has_no_neighbour_entry_for_tc() {
+    let topo = Topology::create("nbrep", 3).expect("topology");
+    start_backends(&topo);
+    let bpffs = TempBpffs::mount("nbrep").unwrap();
+    let dir = ConfigDir::new("neigh-reply", &[("all.yaml", &config(&[backend_v4(1)]))]).unwrap();
+    let agent = Agent::start(&topo, &bpffs, dir.path(), "tc").expect("agent starts");
+    let iface = testbed::GATEWAY_CLIENT_IFACE;
+    for client in [
+        testbed::CLIENT_V4.to_string(),
+        testbed::CLIENT_V6.to_string(),
+    ] {
+        topo.gateway
+            .ip(&["neigh", "del", &client, "dev", iface])
+            .unwrap();
+    }
+    let before = topo.gateway.ip(&["neigh", "show", "dev", iface]).unwrap();
+    assert!(
+        !before.contains(&format!("{} ", testbed::CLIENT_V4)),
+        "{before}"
+    );
+    let mut vips = vec![SocketAddr::new(GATEWAY_V4.into(), 9000); 5];
+    vips.extend([SocketAddr::new(GATEWAY_V6.into(), 9000); 5]);
+    greet_each(&topo, vips);
+    let after = topo.gateway.ip(&["neigh", "show", "dev", iface]).unwrap();
+    for client in [
+        testbed::CLIENT_V4.to_string(),
+        testbed::CLIENT_V6.to_string(),
+    ] {
+        let line = after
+            .lines()
+            .find(|l| l.starts_with(&format!("{client} ")))
+            .unwrap_or_else(|| panic!("the kernel resolved no entry for {client}:\n{after}"));
+        assert!(line.contains("lladdr"), "{line}");
+    }
+    assert_no_neighbour_drops(&agent);
 }

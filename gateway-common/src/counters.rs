@@ -24,10 +24,11 @@ pub enum DropReason {
     /// A new flow found no free SNAT port: every port probed for it already carries a flow to
     /// the same backend (the `--snat-ports` range is exhausted for it). The client retries.
     NoSnatPort = 3,
-    /// A packet of a NATed flow whose next hop has no resolved neighbour (ARP/NDP) entry yet.
-    /// Handed to the stack it would be answered as addressed to the gateway itself (a RST to
-    /// the client, or to the backend for a reply); dropped, the sender retransmits once the
-    /// agent's managed neighbour entry has resolved.
+    /// A packet of a NATed flow whose next hop has no resolved neighbour (ARP/NDP) entry yet,
+    /// in XDP (TC hands it to `bpf_redirect_neigh` instead). Handed to the stack it would be
+    /// answered as addressed to the gateway itself (a RST to the client, or to the backend for a
+    /// reply); dropped, the sender retransmits once the hop has resolved (the agent keeps the
+    /// backends' next hops resolved with managed entries).
     NoNeighbour = 4,
 }
 

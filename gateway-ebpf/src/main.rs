@@ -8,9 +8,8 @@ mod nat;
 mod parse;
 mod splice;
 
-use aya_ebpf::helpers::bpf_redirect;
+use aya_ebpf::helpers::{bpf_redirect, bpf_redirect_neigh};
 use aya_ebpf::{
-    EbpfContext,
     bindings::{TC_ACT_OK, xdp_action},
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
@@ -41,6 +40,11 @@ pub fn nodegate_tc_ingress(ctx: TcContext) -> i32 {
     match handle(&ctx, ctx.data(), ctx.data_end(), len, ifindex) {
         Verdict::Pass => TC_ACT_OK,
         Verdict::Drop => aya_ebpf::bindings::TC_ACT_SHOT,
+        // An unresolved next hop: the kernel routes the rewritten packet, resolves the hop and
+        // sends it (queued meanwhile) with the Ethernet header it then knows.
+        Verdict::Redirect(to) if to & nat::VIA_NEIGH != 0 => unsafe {
+            bpf_redirect_neigh(to & !nat::VIA_NEIGH, core::ptr::null_mut(), 0, 0) as i32
+        },
         Verdict::Redirect(to) => unsafe { bpf_redirect(to, 0) as i32 },
     }
 }
@@ -52,13 +56,7 @@ enum Verdict {
 }
 
 #[inline(always)]
-fn handle<C: EbpfContext>(
-    ctx: &C,
-    data: usize,
-    data_end: usize,
-    len: u64,
-    ifindex: u32,
-) -> Verdict {
+fn handle<C: nat::Hook>(ctx: &C, data: usize, data_end: usize, len: u64, ifindex: u32) -> Verdict {
     let packet = match parse::parse(data, data_end) {
         Ok(Some(p)) => p,
         // Not IP, or IP but not TCP/UDP: not ours.
@@ -79,7 +77,7 @@ fn handle<C: EbpfContext>(
 }
 
 #[inline(always)]
-fn on_packet<C: EbpfContext>(
+fn on_packet<C: nat::Hook>(
     ctx: &C,
     data: usize,
     data_end: usize,

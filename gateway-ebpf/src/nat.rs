@@ -14,6 +14,7 @@ use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams},
     helpers::{bpf_fib_lookup, bpf_ktime_get_ns},
+    programs::{TcContext, XdpContext},
 };
 use gateway_common::{
     listener::{FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP},
@@ -29,6 +30,29 @@ use crate::{
     maps::{BACKENDS, FLOWS, IFADDRS, MAGLEV_RINGS, NAT_CONFIG, SERVICES},
     parse::Packet,
 };
+
+/// The hook a program runs in, as far as forwarding cares.
+pub trait Hook: EbpfContext {
+    /// Whether the hook can hand a packet whose next hop is unresolved to the neighbour
+    /// subsystem (`bpf_redirect_neigh`, which queues it while the kernel resolves the hop). TC
+    /// can; XDP has no skb to queue, so there such a packet is dropped and counted, as Cilium
+    /// does, and the agent's managed entries keep the backends' next hops resolved.
+    const RESOLVES_NEIGHBOURS: bool;
+}
+
+impl Hook for XdpContext {
+    const RESOLVES_NEIGHBOURS: bool = false;
+}
+
+impl Hook for TcContext {
+    const RESOLVES_NEIGHBOURS: bool = true;
+}
+
+/// Set in a [`Forward::Redirect`] ifindex (ifindexes are positive `int`s, so bit 31 is free)
+/// when the next hop is unresolved: the TC entry point then sends the packet with
+/// `bpf_redirect_neigh`, which writes the Ethernet header itself once the hop resolves. Only
+/// hooks with [`Hook::RESOLVES_NEIGHBOURS`] ever see it.
+pub const VIA_NEIGH: u32 = 1 << 31;
 
 /// Per-CPU scratch space for the structures a new flow needs: the BPF stack (512 bytes for the
 /// whole call chain) cannot hold them all. Only this program touches it.
@@ -204,7 +228,7 @@ fn csum_apply(check: u16, delta: u64) -> u16 {
 /// Handles a TCP/UDP packet (ICMP errors go to [`handle_icmp_v4`] / [`handle_icmp_v6`]): an existing flow is rewritten and forwarded; a new flow to a
 /// listener with a service gets a backend; anything else passes.
 #[inline(always)]
-pub fn handle<C: EbpfContext>(
+pub fn handle<C: Hook>(
     ctx: &C,
     data: usize,
     data_end: usize,
@@ -278,7 +302,7 @@ pub fn handle<C: EbpfContext>(
         Ok(egress) => egress,
         Err(f) => return f,
     };
-    let Some(ifaddr) = IFADDRS.get_ptr(egress) else {
+    let Some(ifaddr) = IFADDRS.get_ptr(egress & !VIA_NEIGH) else {
         return Forward::Pass;
     };
     // The reply tuple: backend → the gateway's SNAT address (port chosen below).
@@ -518,7 +542,7 @@ fn counted(f: Forward, nat: &FlowNat, len: u64) -> Forward {
 /// Rewrites addresses and ports (with incremental checksums), then looks up the next hop, sets
 /// the Ethernet addresses, decrements the TTL and asks for a redirect.
 #[inline(always)]
-fn rewrite_and_forward<C: EbpfContext>(
+fn rewrite_and_forward<C: Hook>(
     ctx: &C,
     data: usize,
     data_end: usize,
@@ -615,9 +639,13 @@ fn rewrite_and_forward<C: EbpfContext>(
 }
 
 /// Writes the next hop's Ethernet addresses (`hop`, from [`fib`]) and asks for a redirect to
-/// `egress`.
+/// `egress`; an unresolved hop ([`VIA_NEIGH`]) has no addresses yet and leaves them to the
+/// neighbour subsystem.
 #[inline(always)]
 fn set_l2(data: usize, data_end: usize, hop: &FibParams, egress: u32) -> Forward {
+    if egress & VIA_NEIGH != 0 {
+        return Forward::Redirect(egress);
+    }
     if data + 12 > data_end {
         return Forward::Pass;
     }
@@ -629,11 +657,12 @@ fn set_l2(data: usize, data_end: usize, hop: &FibParams, egress: u32) -> Forward
 }
 
 /// `bpf_fib_lookup` for (src, dst) of `family`: the egress ifindex (the source and next-hop MACs
-/// are left in `params` for [`set_l2`]), or what to do with the packet instead: drop it while the next hop's neighbour entry is
-/// unresolved (the stack would answer a packet addressed to the gateway itself, not forward
-/// it), pass it for every other verdict (no route, forwarding off, fragmentation needed).
+/// are left in `params` for [`set_l2`]), or what to do with the packet instead. An unresolved
+/// next hop gives the ifindex with [`VIA_NEIGH`] in a hook that can resolve it; elsewhere the
+/// packet is dropped (the stack would answer a packet addressed to the gateway itself, not
+/// forward it). Every other verdict (no route, forwarding off, fragmentation needed) passes it.
 #[inline(always)]
-fn fib<C: EbpfContext>(
+fn fib<C: Hook>(
     ctx: &C,
     ingress: u32,
     family: u8,
@@ -664,6 +693,10 @@ fn fib<C: EbpfContext>(
         )
     };
     if rc == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH) {
+        // The lookup filled in the egress interface before it found no neighbour.
+        if C::RESOLVES_NEIGHBOURS && params.ifindex & VIA_NEIGH == 0 {
+            return Ok(params.ifindex | VIA_NEIGH);
+        }
         return Err(Forward::NoNeighbour);
     }
     if rc != i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
@@ -682,7 +715,7 @@ const ICMP_ERRORS: [u8; 3] = [3, 11, 12];
 /// quotes is rewritten to the client's own view (client → service), with the ICMP and quoted IP
 /// checksums updated.
 #[inline(always)]
-fn handle_icmp_v4<C: EbpfContext>(
+fn handle_icmp_v4<C: Hook>(
     ctx: &C,
     data: usize,
     data_end: usize,
@@ -839,7 +872,7 @@ const ICMP6_ERRORS: [u8; 4] = [1, 2, 3, 4];
 /// checksum deltas are summed a 32-bit word at a time ([`csum_delta_addr`]) rather than folded
 /// 16 bits at a time (those unrolled updates spilled too many registers).
 #[inline(always)]
-fn handle_icmp_v6<C: EbpfContext>(
+fn handle_icmp_v6<C: Hook>(
     ctx: &C,
     data: usize,
     data_end: usize,
