@@ -114,6 +114,12 @@ pub struct RunArgs {
     /// How often the connection table is swept.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub aging_interval: std::time::Duration,
+    /// How long a next hop the XDP program met unresolved (and dropped a packet to) is kept as
+    /// a managed neighbour entry, which the kernel resolves at once and keeps resolving, before
+    /// it is handed back to the kernel's own aging as an ordinary entry. The L4 backends' next
+    /// hops stay managed for as long as they are backends.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub reported_neighbour_hold: std::time::Duration,
     #[command(flatten)]
     pub kube: KubeArgs,
 }

@@ -83,19 +83,34 @@ async fn run(args: cli::RunArgs) -> anyhow::Result<()> {
         .context("programming the first model")?;
 
     // Consumer: managed neighbour entries for the L4 backends' next hops, first for the first
-    // model (before the agent says ready), then on every model and every refresh.
-    let neighbours = dataplane::Neighbours::new()?;
+    // model (before the agent says ready), then on every model and every refresh; and for the
+    // next hops the XDP program reports unresolved, as soon as they are reported.
+    let mut neighbours = dataplane::Neighbours::new(args.reported_neighbour_hold)?;
     neighbours
         .ensure(bridge::l4_backend_addrs(&first.model))
         .await;
     let mut neighbour_updates = snapshots.subscribe();
+    let dp = dataplane.clone();
     let neighbour_task = tokio::spawn(async move {
         let mut refresh = tokio::time::interval(dataplane::NEIGHBOUR_REFRESH);
         refresh.tick().await;
+        let mut reports = tokio::time::interval(dataplane::UNRESOLVED_POLL);
+        reports.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 changed = neighbour_updates.changed() => if changed.is_err() { return },
                 _ = refresh.tick() => {}
+                _ = reports.tick() => {
+                    let hops = dp.lock().await.take_unresolved_hops();
+                    let now = std::time::Instant::now();
+                    match hops {
+                        Ok(hops) if hops.is_empty() => {}
+                        Ok(hops) => neighbours.adopt_reported(hops, now).await,
+                        Err(e) => tracing::warn!(error = %format!("{e:#}"), "reading unresolved next hops"),
+                    }
+                    neighbours.release_expired(now).await;
+                    continue;
+                }
             }
             let model = neighbour_updates.borrow_and_update().model.clone();
             neighbours.ensure(bridge::l4_backend_addrs(&model)).await;

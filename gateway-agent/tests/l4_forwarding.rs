@@ -2,8 +2,9 @@
 //! the kernel program with NAT through the gateway namespace (client → gateway → backends), with
 //! real sockets at both ends; weights hold over many flows; an established connection survives a
 //! route change that adds a backend; traffic for ports without a listener still reaches the
-//! gateway's own sockets; the connection table never grows past --conntrack-size; and ICMP and
-//! ICMPv6 errors about a flow reach its client.
+//! gateway's own sockets; the connection table never grows past --conntrack-size; ICMP and
+//! ICMPv6 errors about a flow reach its client; and next hops without a resolved neighbour
+//! entry (backends, clients) are resolved rather than left to drop.
 
 mod support;
 
@@ -1253,13 +1254,64 @@ fn first_connects_need_no_resolved_neighbour_tc() {
     first_connects_need_no_resolved_neighbour("tc");
 }
 
+/// Deletes the gateway's neighbour entries for the client (IPv4 and IPv6). The client keeps
+/// its permanent entry for the gateway, so it never asks, and the gateway cannot learn it from
+/// an ARP or ND request: only the data plane can get it resolved.
+fn forget_the_client(topo: &Topology) {
+    for client in CLIENTS {
+        topo.gateway
+            .ip(&[
+                "neigh",
+                "del",
+                &client.to_string(),
+                "dev",
+                GATEWAY_CLIENT_IFACE,
+            ])
+            .unwrap();
+    }
+    let left = topo.gateway.neighbour_lines_for_client();
+    assert!(left.iter().all(Option::is_none), "{left:?}");
+}
+
+const CLIENTS: [std::net::IpAddr; 2] = [
+    std::net::IpAddr::V4(testbed::CLIENT_V4),
+    std::net::IpAddr::V6(testbed::CLIENT_V6),
+];
+const GATEWAY_CLIENT_IFACE: &str = testbed::GATEWAY_CLIENT_IFACE;
+
+/// The gateway's `ip -d neigh` line for each of [`CLIENTS`], if it has one.
+trait ClientNeighbours {
+    fn neighbour_lines_for_client(&self) -> Vec<Option<String>>;
+}
+
+impl ClientNeighbours for testbed::Netns {
+    fn neighbour_lines_for_client(&self) -> Vec<Option<String>> {
+        let all = self
+            .ip(&["-d", "neigh", "show", "dev", GATEWAY_CLIENT_IFACE])
+            .unwrap();
+        CLIENTS
+            .iter()
+            .map(|c| {
+                all.lines()
+                    .find(|l| l.starts_with(&format!("{c} ")))
+                    .map(str::to_owned)
+            })
+            .collect()
+    }
+}
+
+/// Five IPv4 and five IPv6 connects to the TCP listener.
+fn both_families() -> Vec<SocketAddr> {
+    let mut vips = vec![SocketAddr::new(GATEWAY_V4.into(), 9000); 5];
+    vips.extend([SocketAddr::new(GATEWAY_V6.into(), 9000); 5]);
+    vips
+}
+
 /// In TC mode a next hop with no neighbour entry is no reason to drop: the program hands the
-/// rewritten packet to `bpf_redirect_neigh`, which resolves the hop and sends it. The gateway's
-/// entries for the client are deleted (the client keeps its permanent entry for the gateway, so
-/// it never asks and the gateway cannot learn it from an ARP or ND request); every reply then
-/// meets an unresolved next hop, and still reaches the client, over IPv4 and IPv6, with no
-/// drop counted and the entry resolved by the kernel afterwards. (XDP cannot queue a packet
-/// for resolution: there, as in Cilium, such a packet is dropped and counted.)
+/// rewritten packet to `bpf_redirect_neigh`, which resolves the hop and sends it. With the
+/// gateway's entries for the client deleted, every reply meets an unresolved next hop, and
+/// still reaches the client, over IPv4 and IPv6, with no drop counted and the entry resolved
+/// by the kernel afterwards.
 #[test]
 fn replies_reach_a_client_the_gateway_has_no_neighbour_entry_for_tc() {
     let topo = Topology::create("nbrep", 3).expect("topology");
@@ -1267,33 +1319,94 @@ fn replies_reach_a_client_the_gateway_has_no_neighbour_entry_for_tc() {
     let bpffs = TempBpffs::mount("nbrep").unwrap();
     let dir = ConfigDir::new("neigh-reply", &[("all.yaml", &config(&[backend_v4(1)]))]).unwrap();
     let agent = Agent::start(&topo, &bpffs, dir.path(), "tc").expect("agent starts");
-    let iface = testbed::GATEWAY_CLIENT_IFACE;
-    for client in [
-        testbed::CLIENT_V4.to_string(),
-        testbed::CLIENT_V6.to_string(),
-    ] {
-        topo.gateway
-            .ip(&["neigh", "del", &client, "dev", iface])
-            .unwrap();
-    }
-    let before = topo.gateway.ip(&["neigh", "show", "dev", iface]).unwrap();
-    assert!(
-        !before.contains(&format!("{} ", testbed::CLIENT_V4)),
-        "{before}"
-    );
-    let mut vips = vec![SocketAddr::new(GATEWAY_V4.into(), 9000); 5];
-    vips.extend([SocketAddr::new(GATEWAY_V6.into(), 9000); 5]);
-    greet_each(&topo, vips);
-    let after = topo.gateway.ip(&["neigh", "show", "dev", iface]).unwrap();
-    for client in [
-        testbed::CLIENT_V4.to_string(),
-        testbed::CLIENT_V6.to_string(),
-    ] {
-        let line = after
-            .lines()
-            .find(|l| l.starts_with(&format!("{client} ")))
-            .unwrap_or_else(|| panic!("the kernel resolved no entry for {client}:\n{after}"));
+    forget_the_client(&topo);
+    greet_each(&topo, both_families());
+    for line in topo.gateway.neighbour_lines_for_client() {
+        let line = line.expect("the kernel resolved the client");
         assert!(line.contains("lladdr"), "{line}");
     }
     assert_no_neighbour_drops(&agent);
+}
+
+/// XDP cannot queue a packet while its next hop resolves: it drops it (counted under
+/// `no_neighbour`) and reports the hop, which the agent makes managed, so the sender's
+/// retransmit gets through and the connects after it are answered at once. After
+/// `--reported-neighbour-hold` the entry goes back to the kernel as an ordinary one with its
+/// address, which the program still forwards with.
+#[test]
+fn replies_to_a_client_with_no_neighbour_entry_resume_after_one_retransmit_xdp() {
+    let topo = Topology::create("nbrx", 3).expect("topology");
+    start_backends(&topo);
+    let bpffs = TempBpffs::mount("nbrx").unwrap();
+    let dir = ConfigDir::new(
+        "neigh-reply-xdp",
+        &[("all.yaml", &config(&[backend_v4(1)]))],
+    )
+    .unwrap();
+    let agent = Agent::start_with(
+        &topo,
+        &bpffs,
+        dir.path(),
+        "xdp",
+        &["--reported-neighbour-hold", "3s"],
+    )
+    .expect("agent starts");
+    forget_the_client(&topo);
+    // The first reply of each family is dropped; a retransmit (1 s) gets through.
+    let firsts = [
+        SocketAddr::new(GATEWAY_V4.into(), 9000),
+        SocketAddr::new(GATEWAY_V6.into(), 9000),
+    ];
+    topo.client
+        .run(move || {
+            firsts.iter().try_for_each(|vip| {
+                let mut s = TcpStream::connect_timeout(vip, Duration::from_secs(4))?;
+                s.set_read_timeout(Some(Duration::from_secs(4)))?;
+                let mut buf = [0u8; 16];
+                std::io::Read::read(&mut s, &mut buf).map(drop)
+            })
+        })
+        .unwrap()
+        .expect("each family's first connect answered after a retransmit");
+    for line in topo.gateway.neighbour_lines_for_client() {
+        let line = line.expect("a managed entry for the client");
+        assert!(
+            line.contains("managed") && line.contains("lladdr"),
+            "{line}"
+        );
+    }
+    greet_each(&topo, both_families());
+    let m = agent.metrics().unwrap();
+    let drops = testbed::metric_value(
+        &m,
+        "nodegate_dropped_packets_total",
+        &[("reason", "no_neighbour")],
+    )
+    .unwrap_or_default();
+    assert!(
+        drops >= 2.0,
+        "a reply of each family was dropped first:\n{m}"
+    );
+    // Past the hold: ordinary (not managed) entries that keep the client's address.
+    let ordinary = |lines: &[Option<String>]| {
+        lines.iter().all(|l| {
+            l.as_deref().is_some_and(|l| {
+                !l.contains("managed") && !l.contains("extern_learn") && l.contains("lladdr")
+            })
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut lines = topo.gateway.neighbour_lines_for_client();
+    while !ordinary(&lines) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        lines = topo.gateway.neighbour_lines_for_client();
+    }
+    assert!(ordinary(&lines), "released to the kernel: {lines:?}");
+    greet_each(&topo, both_families());
+    let after = testbed::metric_value(
+        &agent.metrics().unwrap(),
+        "nodegate_dropped_packets_total",
+        &[("reason", "no_neighbour")],
+    );
+    assert_eq!(after, Some(drops), "released entries still forward");
 }

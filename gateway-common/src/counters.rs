@@ -28,7 +28,8 @@ pub enum DropReason {
     /// in XDP (TC hands it to `bpf_redirect_neigh` instead). Handed to the stack it would be
     /// answered as addressed to the gateway itself (a RST to the client, or to the backend for a
     /// reply); dropped, the sender retransmits once the hop has resolved (the agent keeps the
-    /// backends' next hops resolved with managed entries).
+    /// backends' next hops resolved with managed entries, and makes the hops XDP reports in
+    /// `UNRESOLVED_HOPS` managed as they come).
     NoNeighbour = 4,
 }
 

@@ -29,6 +29,8 @@ pub mod map_names {
     pub const IFADDRS: &str = "IFADDRS";
     /// `[0]` → [`crate::nat::NatConfig`].
     pub const NAT_CONFIG: &str = "NAT_CONFIG";
+    /// [`crate::nat::NextHop`] → last seen (ns), next hops XDP found unresolved (LRU).
+    pub const UNRESOLVED_HOPS: &str = "UNRESOLVED_HOPS";
     /// Per-CPU [`crate::counters::TrafficCounters`] at `backend id * 2 + direction`
     /// (0: towards the backend, 1: replies from it).
     pub const BACKEND_STATS: &str = "BACKEND_STATS";

@@ -153,6 +153,27 @@ pub struct NatConfig {
     pub port_max: u16,
 }
 
+/// Capacity of `UNRESOLVED_HOPS`: distinct unresolved next hops reported between two reads.
+pub const MAX_UNRESOLVED_HOPS: u32 = 256;
+
+/// `UNRESOLVED_HOPS` key: a next hop `bpf_fib_lookup` found no resolved neighbour entry for
+/// (`BPF_FIB_LKUP_RET_NO_NEIGH`) in XDP, where the packet is dropped. Written by XDP with the
+/// value the time it was last seen (`bpf_ktime_get_ns`); read and removed by the agent, which
+/// adds a managed neighbour entry for it, so the kernel resolves it and the sender's retransmit
+/// gets through.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NextHop {
+    /// Egress interface.
+    pub ifindex: u32,
+    /// `FAMILY_V4` or `FAMILY_V6`.
+    pub family: u8,
+    /// Zero.
+    pub _pad: [u8; 3],
+    /// The hop's address (IPv4 in the first 4 bytes, the rest zero).
+    pub addr: [u8; 16],
+}
+
 /// Capacity of the passthrough splice maps (sockets; each connection takes two).
 pub const MAX_SPLICED_SOCKETS: u32 = 65536;
 
@@ -180,4 +201,5 @@ mod pod {
     unsafe impl aya::Pod for super::FlowNat {}
     unsafe impl aya::Pod for super::IfAddr {}
     unsafe impl aya::Pod for super::NatConfig {}
+    unsafe impl aya::Pod for super::NextHop {}
 }

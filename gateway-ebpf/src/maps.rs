@@ -10,7 +10,7 @@ use gateway_common::{
     listener::{ListenerKey, ListenerValue, MAX_LISTENERS},
     nat::{
         BackendValue, DEFAULT_FLOWS, FlowKey, FlowNat, IfAddr, MAGLEV_SIZE, MAX_BACKENDS,
-        MAX_IFADDRS, MAX_RING_SLOTS, NatConfig, ServiceValue,
+        MAX_IFADDRS, MAX_RING_SLOTS, MAX_UNRESOLVED_HOPS, NatConfig, NextHop, ServiceValue,
     },
 };
 
@@ -61,6 +61,14 @@ pub static IFADDRS: HashMap<u32, IfAddr, { MAX_IFADDRS as usize }> = HashMap::ne
 #[btf_map]
 pub static NAT_CONFIG: Array<NatConfig, 1> = Array::new();
 
+/// Next hops an XDP program found no resolved neighbour entry for. Key: [`NextHop`]; value:
+/// when last seen (`bpf_ktime_get_ns`). Written by XDP when it drops such a packet (TC resolves
+/// them itself); read and emptied by the agent, which asks the kernel for a managed neighbour
+/// entry per hop. LRU: a burst of new hops between two reads keeps the latest.
+#[btf_map]
+pub static UNRESOLVED_HOPS: LruHashMap<NextHop, u64, { MAX_UNRESOLVED_HOPS as usize }> =
+    LruHashMap::new();
+
 /// Per-CPU packets/bytes per backend and direction: index `backend id * 2` for packets sent to the
 /// backend, `+ 1` for its replies; value [`TrafficCounters`]. Written here; summed by the agent.
 #[btf_map]
@@ -104,6 +112,49 @@ fn bump<const N: usize>(map: &PerCpuArray<TrafficCounters, N>, index: u32, len: 
 #[inline(always)]
 pub fn count_listener(id: u32, len: u64) {
     bump(&LISTENER_STATS, id, len);
+}
+
+/// [`note_unresolved_hop`]'s key and value, built here rather than on the stack, whose 512
+/// bytes the deepest forwarding path already nearly fills.
+#[repr(C)]
+pub struct HopReport {
+    hop: NextHop,
+    seen_ns: u64,
+}
+
+/// One per CPU: [`HopReport`] under construction. Only [`note_unresolved_hop`] touches it.
+#[btf_map]
+static HOP_REPORT: PerCpuArray<HopReport, 1> = PerCpuArray::new();
+
+/// Reports the next hop `bpf_fib_lookup` left in `params` (egress ifindex and the hop's
+/// address: the route's gateway, or the destination itself) as unresolved, for the agent. A
+/// BPF subprogram, for the same reason as [`count_drop`].
+#[inline(never)]
+pub fn note_unresolved_hop(params: &aya_ebpf::bindings::bpf_fib_lookup, family: u8, now: u64) {
+    let Some(r) = HOP_REPORT.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: a per-CPU slot no one else uses during this program run; the lookup wrote the
+    // union member of the family it was given.
+    unsafe {
+        let r = &mut *r;
+        r.hop.ifindex = params.ifindex;
+        r.hop.family = family;
+        r.hop._pad = [0; 3];
+        if family == gateway_common::listener::FAMILY_V4 {
+            r.hop.addr = [0; 16];
+            r.hop.addr[..4].copy_from_slice(&params.__bindgen_anon_4.ipv4_dst.to_ne_bytes());
+        } else {
+            r.hop.addr =
+                core::mem::transmute::<[u32; 4], [u8; 16]>(params.__bindgen_anon_4.ipv6_dst);
+        }
+        r.seen_ns = now;
+        #[allow(
+            clippy::needless_borrows_for_generic_args,
+            reason = "by value, the key and value would be copied onto the stack this avoids"
+        )]
+        let _ = UNRESOLVED_HOPS.insert(&r.hop, &r.seen_ns, 0);
+    }
 }
 
 /// Adds one packet of `len` bytes to the counters of drop reason `reason` on this CPU. A BPF

@@ -694,9 +694,13 @@ fn fib<C: Hook>(
     };
     if rc == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH) {
         // The lookup filled in the egress interface before it found no neighbour.
-        if C::RESOLVES_NEIGHBOURS && params.ifindex & VIA_NEIGH == 0 {
+        if C::RESOLVES_NEIGHBOURS {
+            if params.ifindex & VIA_NEIGH != 0 {
+                return Err(Forward::NoNeighbour);
+            }
             return Ok(params.ifindex | VIA_NEIGH);
         }
+        crate::maps::note_unresolved_hop(params, family, unsafe { bpf_ktime_get_ns() });
         return Err(Forward::NoNeighbour);
     }
     if rc != i64::from(BPF_FIB_LKUP_RET_SUCCESS) {

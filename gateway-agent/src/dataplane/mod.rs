@@ -13,6 +13,7 @@ mod services;
 mod snat_ports;
 mod splice;
 mod stats;
+mod unresolved;
 
 use std::path::PathBuf;
 
@@ -24,6 +25,11 @@ pub use aging::Timeouts;
 pub use attach::Attachment;
 pub use listeners::{ListenerEntry, Transport};
 pub use neighbours::{Neighbours, REFRESH as NEIGHBOUR_REFRESH};
+
+/// How often the agent reads the next hops the XDP program reported unresolved: the delay
+/// before the kernel starts resolving one, well inside a TCP sender's first retransmit (1 s
+/// for a SYN or SYN-ACK, 200 ms at least for data).
+pub const UNRESOLVED_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 pub use splice::{Spliced, Splicer};
 pub use stats::DataplaneStats;
 
@@ -36,7 +42,7 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 const LINKS_DIR: &str = "links";
 
 /// Every map the agent pins, by its name in the object.
-const PINNED_MAPS: [&str; 13] = [
+const PINNED_MAPS: [&str; 14] = [
     map_names::LISTENERS,
     map_names::LISTENER_STATS,
     map_names::DROP_STATS,
@@ -46,6 +52,7 @@ const PINNED_MAPS: [&str; 13] = [
     map_names::FLOWS,
     map_names::IFADDRS,
     map_names::NAT_CONFIG,
+    map_names::UNRESOLVED_HOPS,
     map_names::BACKEND_STATS,
     map_names::SPLICE_SOCKS,
     map_names::SPLICE_PEERS,
@@ -175,6 +182,12 @@ impl Dataplane {
     /// Removes flows idle past their timeout from the connection table.
     pub fn age_flows(&mut self, timeouts: Timeouts) -> anyhow::Result<usize> {
         aging::sweep(&mut self.ebpf, aging::monotonic_ns(), timeouts)
+    }
+
+    /// Takes the next hops the XDP program reported unresolved since the last call:
+    /// (egress ifindex, hop address).
+    pub fn take_unresolved_hops(&mut self) -> anyhow::Result<Vec<(u32, std::net::IpAddr)>> {
+        unresolved::take(&mut self.ebpf)
     }
 
     /// What the programs are attached to, and how.
